@@ -1,0 +1,1 @@
+"""Pipeline configuration: schema, YAML loading with line numbers, error formatting."""

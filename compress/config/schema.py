@@ -1,0 +1,213 @@
+"""The pipeline and deploy-target schema.
+
+A pipeline YAML has ``name``, ``seed``, ``teacher``, ``student``, ``data``,
+``stages`` and ``gates``. ``stages`` is a list of one-key mappings
+(``- distill: {...}``); the key picks the stage kind and the value is that
+stage's config. The union over stage kinds is built from the stage registry,
+so adding a stage touches no schema code.
+
+A deploy target (``deploy/<name>.yaml``) names a device, a runtime, the
+artifact it deploys, the shapes and the timing settings.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Discriminator, Field, Tag, create_model, field_validator, model_validator
+
+from compress.config.base import CompressConfig
+
+SCHEMA_VERSION = 1
+
+JsonScalar = Union[int, float, str, bool, None]
+JsonValue = Union[JsonScalar, list[Any], dict[str, Any]]
+
+
+class ModelSourceConfig(CompressConfig):
+    """Where a model comes from: a registered family built from its config, optionally with weights."""
+
+    family: str = Field(description="Registered model family, e.g. 'tiny-vit' (see `compress list families`).")
+    config: dict[str, JsonValue] = Field(default_factory=dict, description="Keyword arguments of the family builder.")
+    checkpoint: Path | None = Field(
+        None, description="State dict (or compress model file) loaded with weights_only=True; relative to the YAML."
+    )
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        from compress.models import FAMILIES
+        from compress._utils.registry import did_you_mean
+
+        if v not in FAMILIES:
+            names = FAMILIES.names()
+            raise ValueError(f"unknown model family '{v}'{did_you_mean(v, names)}; valid: {', '.join(names)}")
+        return v
+
+
+class StudentConfig(CompressConfig):
+    """How the first ``distill`` stage builds the student from the teacher."""
+
+    keep_layers: list[int] | None = Field(
+        None, description="Teacher blocks to keep, in order (e.g. [0, 2]); the student starts from their weights."
+    )
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _distinct(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("keep_layers is empty; keep at least one layer, e.g. [0, 2]")
+            if len(set(v)) != len(v) or any(i < 0 for i in v):
+                raise ValueError(f"keep_layers must be distinct non-negative indices, got {v}")
+        return v
+
+
+class DataConfig(CompressConfig):
+    """The task data and its split."""
+
+    source: str = Field("digits", description="Registered data source (see `compress list sources`).")
+    batch_size: int = Field(64, ge=1, le=65536, description="Training batch size.")
+    eval_batch_size: int = Field(512, ge=1, le=65536, description="Batch size for evaluation.")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Fraction of each class held out for validation.")
+    test_fraction: float = Field(0.15, gt=0, lt=0.5, description="Fraction of each class held out for the final test.")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        from compress.data import SOURCES
+        from compress._utils.registry import did_you_mean
+
+        if v not in SOURCES:
+            names = SOURCES.names()
+            raise ValueError(f"unknown data source '{v}'{did_you_mean(v, names)}; valid: {', '.join(names)}")
+        return v
+
+
+class AccuracyGateConfig(CompressConfig):
+    """Largest allowed accuracy drop of the released artifact versus the teacher (test split)."""
+
+    max_drop: float = Field(ge=0, le=1, description="Allowed drop, as a fraction (0.01 = one point).")
+    relative: bool = Field(False, description="Drop relative to the teacher's accuracy instead of absolute.")
+
+
+class AgreementGateConfig(CompressConfig):
+    """Smallest allowed top-1 agreement between the released artifact and the teacher."""
+
+    min: float = Field(ge=0, le=1, description="Fraction of test examples where both predict the same class.")
+
+
+class LatencyBudgetConfig(CompressConfig):
+    """Latency and throughput budget of the released artifact on one target and batch size."""
+
+    batch: int = Field(ge=1, description="Batch size the budget applies to (must be among the target's batch_sizes).")
+    p50_ms: float | None = Field(None, gt=0, description="Largest allowed median latency.")
+    p95_ms: float | None = Field(None, gt=0, description="Largest allowed 95th-percentile latency.")
+    p99_ms: float | None = Field(None, gt=0, description="Largest allowed 99th-percentile latency.")
+    min_throughput: float | None = Field(None, gt=0, description="Smallest allowed examples per second.")
+
+    @model_validator(mode="after")
+    def _some_budget(self) -> LatencyBudgetConfig:
+        if all(v is None for v in (self.p50_ms, self.p95_ms, self.p99_ms, self.min_throughput)):
+            raise ValueError("give at least one of p50_ms, p95_ms, p99_ms, min_throughput")
+        return self
+
+
+class SizeGateConfig(CompressConfig):
+    """Largest allowed file size of the released artifact."""
+
+    max_mb: float = Field(gt=0, description="Megabytes (10^6 bytes).")
+
+
+class GatesConfig(CompressConfig):
+    """Release gates, checked after the last stage. A gate whose metric is missing fails."""
+
+    accuracy: AccuracyGateConfig | None = Field(None, description="Accuracy drop versus the teacher.")
+    agreement: AgreementGateConfig | None = Field(None, description="Top-1 agreement with the teacher.")
+    latency: dict[str, LatencyBudgetConfig] = Field(
+        default_factory=dict, description="Latency budgets by deploy target name."
+    )
+    size: SizeGateConfig | None = Field(None, description="Artifact size.")
+
+
+class TargetConfig(CompressConfig):
+    """A deploy target: where and how an artifact runs and is timed (``deploy/<name>.yaml``)."""
+
+    name: str = Field(description="Target name; equals the file stem.")
+    description: str = Field("", description="One line for `compress targets`.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Device kind.")
+    gpu: str | None = Field(None, description="GPU model this target's budgets assume (e.g. 'H100').")
+    runtime: str = Field(description="Registered runtime (see `compress list runtimes`).")
+    precision: str = Field("fp32", description="Precision of the deployed artifact.")
+    artifact: str = Field(description="Export artifact this target deploys, e.g. 'onnx-int8-u8'.")
+    threads: int | None = Field(None, ge=1, description="Intra-op threads for CPU runtimes.")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32], min_length=1, description="Batch sizes timed.")
+    warmup: int = Field(20, ge=0, description="Untimed runs before timing.")
+    iterations: int = Field(200, ge=1, description="Timed runs per batch size.")
+    repeats: int = Field(1, ge=1, le=10, description="Independent timing repetitions (run-to-run spread).")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v):
+            raise ValueError(f"batch sizes must be >= 1, got {v}")
+        return v
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class PipelineConfigBase(CompressConfig):
+    """Fields of a pipeline file other than ``stages`` (see ``pipeline_model()``)."""
+
+    schema_version: Literal[1] = Field(1, description="Pipeline schema version.")
+    name: str = Field(description="Run name; default run directory is runs/<name>/.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for splits, initialisation and shuffling.")
+    teacher: ModelSourceConfig = Field(description="The trained model to compress.")
+    student: StudentConfig = Field(default_factory=StudentConfig, description="How distill builds the student.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Task data.")
+    gates: GatesConfig = Field(default_factory=GatesConfig, description="Release gates.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"name '{v}' must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return v
+
+
+def _stage_tag(v: Any) -> str | None:
+    if isinstance(v, dict) and len(v) == 1:
+        return next(iter(v))
+    if hasattr(v, "kind"):
+        return v.kind  # type: ignore[no-any-return]
+    return None
+
+
+@lru_cache(maxsize=1)
+def pipeline_model() -> type[PipelineConfigBase]:
+    """The full pipeline model, with ``stages`` typed as a union over registered stages."""
+    from compress.stages import STAGES
+
+    entries = []
+    for name, stage_cls in STAGES.items():
+        entry = create_model(
+            f"{stage_cls.__name__}Entry",
+            __base__=CompressConfig,
+            **{name: (stage_cls.config_class, Field(description=stage_cls.description))},
+        )
+        entry.kind = property(lambda self, _n=name: _n)  # type: ignore[attr-defined]
+        entry.config = property(lambda self, _n=name: getattr(self, _n))  # type: ignore[attr-defined]
+        entries.append(Annotated[entry, Tag(name)])
+    stage_union = Annotated[Union[tuple(entries)], Discriminator(_stage_tag)]  # type: ignore[valid-type]
+    return create_model(
+        "PipelineConfig",
+        __base__=PipelineConfigBase,
+        stages=(list[stage_union], Field(min_length=1, description="Stages, run in order.")),  # type: ignore[valid-type]
+    )
+
+
+PipelineConfig = PipelineConfigBase  # for type annotations; instances come from pipeline_model()
