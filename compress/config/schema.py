@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, create_model, field_validator, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, create_model, field_validator, model_validator
 
 from compress.config.base import CompressConfig
 
@@ -194,13 +194,15 @@ def pipeline_model() -> type[PipelineConfigBase]:
 
     entries = []
     for name, stage_cls in STAGES.items():
+        # a stage called e.g. `validate` would shadow BaseModel.validate: store it under `validate_`
+        field_name = f"{name}_" if hasattr(BaseModel, name) else name
         entry = create_model(
             f"{stage_cls.__name__}Entry",
             __base__=CompressConfig,
-            **{name: (stage_cls.config_class, Field(description=stage_cls.description))},
+            **{field_name: (stage_cls.config_class, Field(alias=name, description=stage_cls.description))},
         )
         entry.kind = property(lambda self, _n=name: _n)  # type: ignore[attr-defined]
-        entry.config = property(lambda self, _n=name: getattr(self, _n))  # type: ignore[attr-defined]
+        entry.config = property(lambda self, _f=field_name: getattr(self, _f))  # type: ignore[attr-defined]
         entries.append(Annotated[entry, Tag(name)])
     stage_union = Annotated[Union[tuple(entries)], Discriminator(_stage_tag)]  # type: ignore[valid-type]
     return create_model(

@@ -1,0 +1,52 @@
+"""Shared CLI plumbing: map exceptions to exit codes, print diagnostics to stderr."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from compress.errors import EXIT_RUNTIME, CompressError
+
+T = TypeVar("T")
+
+STATE = {"debug": False}
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run ``fn``; turn compress errors into their exit code with a one-message diagnostic.
+
+    Bad input (exit 2) and stage failures (exit 3) print no traceback unless ``--debug``.
+    Ctrl-C prints one line and exits 130; the run directory stays resumable.
+    """
+    try:
+        return fn()
+    except CompressError as e:
+        if STATE["debug"]:
+            traceback.print_exc()
+        cause = f" (caused by {type(e.__cause__).__name__})" if e.__cause__ is not None and e.exit_code == EXIT_RUNTIME else ""
+        typer.echo(f"error: {e}{cause}", err=True)
+        if e.exit_code == EXIT_RUNTIME and not STATE["debug"]:
+            typer.echo("(run with --debug for the traceback)", err=True)
+        raise typer.Exit(code=e.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished stages are kept; run the same command again to resume", err=True)
+        raise typer.Exit(code=130) from None
+    except OSError as e:
+        if STATE["debug"]:
+            traceback.print_exc()
+        typer.echo(f"error: {e.strerror or e} ({getattr(e, 'filename', '') or ''}); earlier results are intact", err=True)
+        raise typer.Exit(code=EXIT_RUNTIME) from None
+
+
+def echo_err(msg: Any) -> None:
+    """Diagnostics go to stderr."""
+    typer.echo(str(msg), err=True)
+
+
+def is_tty() -> bool:
+    """Whether stderr is a terminal."""
+    return sys.stderr.isatty()

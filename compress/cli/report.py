@@ -1,0 +1,32 @@
+"""``compress report RUN_DIR``: re-render report.md, metrics.json and junit.xml of a finished run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from compress.cli._common import guarded
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.", exists=True, file_okay=False)],
+) -> None:
+    """Rebuild the reports from RUN_DIR/manifest.json."""
+    from compress._utils.io import read_json
+    from compress.errors import BadInputError
+    from compress.report import write_reports
+
+    def go() -> None:
+        mpath = run_dir / "manifest.json"
+        if not mpath.is_file():
+            raise BadInputError(f"{mpath}: no manifest; is {run_dir} a compress run directory?")
+        try:
+            manifest = read_json(mpath)
+        except ValueError as e:
+            raise BadInputError(f"{mpath}: not valid JSON ({e})") from None
+        write_reports(run_dir, manifest)
+        typer.echo(f"wrote {run_dir / 'report.md'}")
+
+    guarded(go)

@@ -1,0 +1,107 @@
+"""Turn pydantic validation errors into located, actionable messages."""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Union
+
+from pydantic import BaseModel, ValidationError
+
+from compress._utils.registry import did_you_mean
+from compress.config.loader import YamlDoc, YamlPath, format_path
+
+
+def _unwrap(tp: Any) -> Any:
+    """Strip Annotated/Optional; return the first pydantic model or container type inside."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(args) == 1:
+            return _unwrap(args[0])
+        if models:
+            return models[0]
+        return tp
+    return tp
+
+
+def model_at(root: type[BaseModel], path: YamlPath) -> type[BaseModel] | None:
+    """The config model class that the mapping at ``path`` is validated into (or None)."""
+    from compress.stages import STAGES
+
+    cur: Any = root
+    i = 0
+    while i < len(path):
+        part = path[i]
+        cur = _unwrap(cur)
+        if isinstance(cur, type) and issubclass(cur, BaseModel):
+            if part not in cur.model_fields:
+                return None
+            cur = cur.model_fields[part].annotation
+            if part == "stages" and len(path) > i + 2 and path[i + 2] in STAGES:
+                # stages[i].<kind>...: the kind picks the stage's config class
+                cur = STAGES.get(str(path[i + 2])).config_class
+                i += 3
+                continue
+            i += 1
+            continue
+        origin = typing.get_origin(cur)
+        if origin in (list, dict):
+            args = typing.get_args(cur)
+            cur = args[-1] if args else Any
+            i += 1
+            continue
+        return None
+    cur = _unwrap(cur)
+    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> YamlPath:
+    """Drop the duplicated union tag pydantic inserts (stages.2.prune.prune -> stages.2.prune)."""
+    out: list[Any] = []
+    for part in loc:
+        if isinstance(part, str) and out and out[-1] == part and len(out) >= 2 and isinstance(out[-2], int):
+            continue
+        if isinstance(part, str) and (part.startswith("function-") or "[" in part):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def format_validation_error(err: ValidationError, doc: YamlDoc, root: type[BaseModel]) -> list[str]:
+    """One message per pydantic error, each naming file:line, the YAML path, the value and the fix."""
+    msgs: list[str] = []
+    for e in err.errors(include_url=False):
+        path = _clean_loc(tuple(e["loc"]))
+        line = doc.line_of(path)
+        where = f"{doc.file}:{line}" if line else doc.file
+        etype = e["type"]
+        if etype == "extra_forbidden":
+            parent = model_at(root, path[:-1])
+            key = str(path[-1])
+            valid = sorted(parent.model_fields) if parent else []
+            hint = did_you_mean(key, valid)
+            listing = f"; valid keys here: {', '.join(valid)}" if valid else ""
+            msgs.append(f"{where}: {format_path(path)}: unknown key '{key}'{hint}{listing}")
+        elif etype == "missing":
+            parent = model_at(root, path[:-1])
+            desc = ""
+            if parent is not None and path and path[-1] in parent.model_fields:
+                d = parent.model_fields[str(path[-1])].description
+                desc = f" ({d})" if d else ""
+            msgs.append(f"{where}: {format_path(path)}: required key is missing{desc}; add it")
+        else:
+            got = f"got {_short(e.get('input'))}; " if "input" in e else ""
+            text = e["msg"]
+            if text.startswith("Value error, "):
+                text = text[len("Value error, ") :]
+            msgs.append(f"{where}: {format_path(path)}: {got}expected: {text}")
+    return msgs

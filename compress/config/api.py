@@ -1,0 +1,265 @@
+"""Load and check a pipeline file: schema, stage order, references, in one pass, before any work."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from compress._utils.registry import did_you_mean
+from compress.config._format import format_validation_error
+from compress.config.loader import YamlDoc, format_path, read_yaml
+from compress.config.schema import PipelineConfigBase, TargetConfig, pipeline_model
+from compress.errors import ConfigError
+
+
+@dataclass
+class LoadedPipeline:
+    """A validated pipeline with where it came from.
+
+    Attributes:
+        config: The validated pipeline (``teacher.checkpoint`` resolved to an absolute path).
+        path: The YAML file.
+        doc: Parsed YAML with line numbers (for messages raised later).
+        targets: Deploy targets the pipeline references, by name.
+        deploy_dir: The folder targets were read from (``None`` if none was found).
+    """
+
+    config: Any
+    path: Path
+    doc: YamlDoc
+    targets: dict[str, TargetConfig] = field(default_factory=dict)
+    deploy_dir: Path | None = None
+
+    def where(self, path: tuple[str | int, ...]) -> str:
+        """``file:line: yaml.path`` for messages about ``path``."""
+        line = self.doc.line_of(path)
+        return f"{self.doc.file}:{line}: {format_path(path)}" if line else f"{self.doc.file}: {format_path(path)}"
+
+
+def find_deploy_dir(pipeline_path: Path, explicit: Path | None = None) -> Path | None:
+    """Where deploy targets live: ``explicit``, else ``deploy/`` beside or above the pipeline, else ``./deploy``."""
+    if explicit is not None:
+        return explicit
+    here = pipeline_path.resolve().parent
+    for cand in (here / "deploy", here.parent / "deploy", Path.cwd() / "deploy"):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def load_target(path: str | os.PathLike[str]) -> TargetConfig:
+    """Read and validate one deploy target file (its ``name`` must equal the file stem).
+
+    Raises:
+        ConfigError: With file, line and key for every problem.
+    """
+    doc = read_yaml(path, what="deploy target")
+    try:
+        target = TargetConfig.model_validate(doc.data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, doc, TargetConfig)) from None
+    stem = Path(path).stem
+    if target.name != stem:
+        raise ConfigError(
+            f"{doc.file}:{doc.line_of(('name',))}: name: got '{target.name}'; expected the file stem '{stem}'; "
+            "rename the file or the target"
+        )
+    from compress.runtime import RUNTIMES
+
+    if target.runtime not in RUNTIMES:
+        names = RUNTIMES.names()
+        raise ConfigError(
+            f"{doc.file}:{doc.line_of(('runtime',))}: runtime: got '{target.runtime}'"
+            f"{did_you_mean(target.runtime, names)}; expected one of: {', '.join(names)}"
+        )
+    return target
+
+
+def list_targets(deploy_dir: Path) -> dict[str, Path]:
+    """Target name -> file for every ``*.yaml`` in ``deploy_dir``."""
+    return {p.stem: p for p in sorted(deploy_dir.glob("*.yaml"))}
+
+
+def _precheck_stages(doc: YamlDoc) -> tuple[list[str], set[int]]:
+    """Shape and kind of each ``stages`` item, with did-you-mean; returns messages and bad indices."""
+    from compress.stages import STAGES
+
+    msgs: list[str] = []
+    bad: set[int] = set()
+    stages = doc.data.get("stages")
+    if stages is None:
+        return msgs, bad
+    if not isinstance(stages, list):
+        line = doc.line_of(("stages",))
+        msgs.append(
+            f"{doc.file}:{line}: stages: got {type(stages).__name__}; expected a list of one-key mappings "
+            "such as `- distill: {epochs: 10}`"
+        )
+        return msgs, {-1}
+    names = STAGES.names()
+    for i, item in enumerate(stages):
+        line = doc.line_of(("stages", i))
+        if not isinstance(item, dict) or len(item) != 1:
+            shown = repr(item) if not isinstance(item, dict) else f"a mapping with keys {sorted(item)}"
+            msgs.append(
+                f"{doc.file}:{line}: stages[{i}]: got {shown[:80]}; expected one stage as a one-key mapping "
+                f"`- <kind>: {{...}}` with kind one of: {', '.join(names)}"
+            )
+            bad.add(i)
+            continue
+        kind = next(iter(item))
+        if kind not in STAGES:
+            msgs.append(
+                f"{doc.file}:{line}: stages[{i}]: unknown stage kind '{kind}'{did_you_mean(str(kind), names)}; "
+                f"valid kinds: {', '.join(names)}"
+            )
+            bad.add(i)
+        elif item[kind] is None:
+            item[kind] = {}
+    return msgs, bad
+
+
+def check_order(loaded: LoadedPipeline) -> list[str]:
+    """Stage-order rules declared by the stages (``requires``, ``before``, ``max_count``, ``check_order``)."""
+    from compress.stages import STAGES
+
+    msgs: list[str] = []
+    entries = loaded.config.stages
+    kinds = [e.kind for e in entries]
+    for i, entry in enumerate(entries):
+        cls = STAGES.get(entry.kind)
+        where = loaded.where(("stages", i, entry.kind))
+        earlier = kinds[:i]
+        if cls.requires and not (set(earlier) & cls.requires):
+            need = " or ".join(sorted(cls.requires))
+            msgs.append(f"{where}: '{entry.kind}' needs a {need} stage before it; add one earlier in stages")
+        late = sorted(set(earlier) & cls.before)
+        if late:
+            msgs.append(
+                f"{where}: '{entry.kind}' must come before {', '.join(repr(k) for k in late)}; "
+                f"move it up in stages (order now: {', '.join(kinds)})"
+            )
+        if cls.max_count is not None and kinds[: i + 1].count(entry.kind) == cls.max_count + 1:
+            msgs.append(f"{where}: '{entry.kind}' may appear at most {cls.max_count} time(s); remove the extra one")
+        for problem in cls.check_order(entry.config, [(e.kind, e.config) for e in entries[:i]]):
+            msgs.append(f"{where}: {problem}")
+    return msgs
+
+
+def _check_references(loaded: LoadedPipeline, deploy_override: Path | None) -> list[str]:
+    """Checkpoint files, deploy targets, gates that need a validate stage, a trained teacher."""
+    from compress.stages import STAGES
+
+    cfg = loaded.config
+    msgs: list[str] = []
+    ck = cfg.teacher.checkpoint
+    if ck is not None and not Path(ck).is_file():
+        msgs.append(f"{loaded.where(('teacher', 'checkpoint'))}: file {ck} not found; fix the path (relative to the YAML)")
+    provides_teacher = any(getattr(STAGES.get(e.kind), "provides_teacher", False) for e in cfg.stages)
+    if ck is None and not provides_teacher:
+        msgs.append(
+            f"{loaded.where(('teacher',))}: the teacher has no checkpoint and no stage trains it; "
+            "add `checkpoint:` or a `finetune` stage first"
+        )
+    # deploy targets named by any stage config field called `targets`
+    deploy_dir = find_deploy_dir(loaded.path, deploy_override)
+    loaded.deploy_dir = deploy_dir
+    available = list_targets(deploy_dir) if deploy_dir else {}
+    validated: set[str] = set()
+    for i, e in enumerate(cfg.stages):
+        names = getattr(e.config, "targets", None)
+        if not isinstance(names, list):
+            continue
+        for j, name in enumerate(names):
+            where = loaded.where(("stages", i, e.kind, "targets", j))
+            if name not in available:
+                if deploy_dir is None:
+                    msgs.append(f"{where}: target '{name}': no deploy/ folder found beside or above the pipeline; pass --deploy-dir")
+                else:
+                    msgs.append(
+                        f"{where}: unknown target '{name}'{did_you_mean(name, list(available))}; "
+                        f"targets in {deploy_dir}: {', '.join(available) or '(none)'}"
+                    )
+                continue
+            try:
+                loaded.targets[name] = load_target(available[name])
+                validated.add(name)
+            except ConfigError as err:
+                msgs.extend(err.problems)
+    gates = cfg.gates
+    for tname in gates.latency:
+        where = loaded.where(("gates", "latency", tname))
+        if tname not in validated:
+            msgs.append(
+                f"{where}: latency budget for target '{tname}', which no validate stage measures; "
+                f"add it to a validate stage's targets{did_you_mean(tname, sorted(validated))}"
+            )
+        elif gates.latency[tname].batch not in loaded.targets[tname].batch_sizes:
+            msgs.append(
+                f"{loaded.where(('gates', 'latency', tname, 'batch'))}: got {gates.latency[tname].batch}; "
+                f"expected one of the target's batch_sizes {loaded.targets[tname].batch_sizes}"
+            )
+    needs_validation = [n for n in ("accuracy", "agreement", "size") if getattr(gates, n) is not None]
+    if needs_validation and not validated:
+        msgs.append(
+            f"{loaded.where(('gates',))}: gates {', '.join(needs_validation)} need measurements; "
+            "add a `validate` stage with at least one target"
+        )
+    return msgs
+
+
+def load_config(path: str | os.PathLike[str], *, deploy_dir: str | os.PathLike[str] | None = None) -> LoadedPipeline:
+    """Read, validate and cross-check a pipeline file. Runs no stage.
+
+    Args:
+        path: The pipeline YAML.
+        deploy_dir: Folder of deploy targets; default: ``deploy/`` beside or above the YAML, then ``./deploy``.
+
+    Returns:
+        The validated pipeline with its targets.
+
+    Raises:
+        ConfigError: Every problem found, each with file, line, YAML path and the fix.
+
+    Example:
+        >>> loaded = load_config("pipelines/digits.yaml")  # doctest: +SKIP
+        >>> [s.kind for s in loaded.config.stages]  # doctest: +SKIP
+        ['finetune', 'distill', 'prune', 'qat', 'export', 'validate']
+    """
+    p = Path(path)
+    doc = read_yaml(p)
+    model = pipeline_model()
+    msgs, bad = _precheck_stages(doc)
+    try:
+        cfg = model.model_validate(doc.data)
+    except ValidationError as e:
+        formatted = format_validation_error(e, doc, model)
+        errs = e.errors(include_url=False)
+        keep = [
+            m
+            for m, err in zip(formatted, errs)
+            if not (len(err["loc"]) >= 2 and err["loc"][0] == "stages" and (err["loc"][1] in bad or -1 in bad))
+            and not (-1 in bad and err["loc"][:1] == ("stages",))
+        ]
+        raise ConfigError(msgs + keep) from None
+    if msgs:
+        raise ConfigError(msgs)
+    if cfg.teacher.checkpoint is not None and not cfg.teacher.checkpoint.is_absolute():
+        resolved = (p.resolve().parent / cfg.teacher.checkpoint).resolve()
+        cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"checkpoint": resolved})})
+    loaded = LoadedPipeline(config=cfg, path=p, doc=doc)
+    problems = check_order(loaded) + _check_references(loaded, Path(deploy_dir) if deploy_dir else None)
+    if problems:
+        raise ConfigError(problems)
+    return loaded
+
+
+def dump_config(cfg: PipelineConfigBase) -> dict[str, Any]:
+    """The canonical YAML-ready form: stages back as one-key mappings."""
+    data = cfg.model_dump(mode="json", exclude={"stages"})
+    data["stages"] = [{e.kind: e.config.model_dump(mode="json")} for e in cfg.stages]
+    return data

@@ -1,0 +1,256 @@
+"""INT8 Q/DQ ONNX export from a QAT model's learned scales (never re-calibrated).
+
+Two flavours of the same quantized network:
+
+``s8s8`` ("TensorRT rules")
+    Weights are INT8 initializers followed by ``DequantizeLinear`` with one
+    scale per output channel and zero point 0. The axis is the output axis of
+    the weight *as it appears in the graph*: 0 for ``Gemm(transB=1)`` (weight
+    ``[out, in]``), 1 for ``MatMul`` (the exporter transposes the weight to
+    ``[in, out]``; the transpose is folded into the INT8 initializer so the DQ
+    feeds the MatMul directly, as TensorRT's Q/DQ fusion wants). Every input of
+    a quantized Linear or attention MatMul gets ``QuantizeLinear →
+    DequantizeLinear`` per tensor with int8 zero point 0.
+
+``u8s8`` (ONNX Runtime on x86 CPUs)
+    Identical scales and weights; activations use uint8 with zero point 128,
+    an exact re-encoding of the symmetric int8 grid (code + 128). ORT's x86
+    integer kernels are u8×s8 (VNNI/AVX2), and S8S8 Q/DQ is known to run
+    slower than FP32 there.
+
+How: quantizers are put in export mode (``compress.quant.onnx_export_mode``),
+in which they emit these Q/DQ nodes through custom symbolics while the
+TorchScript exporter (``dynamo=False``) traces the model; then this module
+turns the Q/DQ constants into initializers, folds weight transposes into the
+INT8 initializers, and checks the result with ``onnx.checker``. The batch
+axis stays dynamic. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from compress._utils.io import atomic_write_bytes
+from compress.errors import ExportError
+from compress.export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
+
+Flavour = Literal["s8s8", "u8s8"]
+
+_ACTIVATION_DTYPE: dict[str, Literal["int8", "uint8"]] = {"s8s8": "int8", "u8s8": "uint8"}
+_MIN_OPSET = 13  # per-axis DequantizeLinear
+
+
+def export_onnx_qdq(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    example_inputs: torch.Tensor,
+    *,
+    flavour: Flavour = "s8s8",
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+) -> Path:
+    """Export a calibrated/QAT model to INT8 Q/DQ ONNX using its learned scales.
+
+    Args:
+        model: A model prepared with ``compress.quant.prepare_qat`` and calibrated
+            (or trained); its quantizers must be enabled. Not modified.
+        path: Destination ``.onnx`` file (written atomically).
+        example_inputs: An input batch used for tracing.
+        flavour: ``s8s8`` (TensorRT) or ``u8s8`` (ONNX Runtime CPU).
+        opset: ONNX opset (at least 13, for per-axis DequantizeLinear).
+        dynamic_batch: Make axis 0 of input and output symbolic (``batch``).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ExportError: The model has no or uncalibrated/disabled quantizers, the
+            opset is too old, tracing failed, or the graph fails the checker.
+
+    Example:
+        >>> export_onnx_qdq(qat_model, "model.int8.onnx", x[:2], flavour="s8s8")  # doctest: +SKIP
+        PosixPath('model.int8.onnx')
+    """
+    import onnx
+
+    from compress.quant import is_quantized, onnx_export_mode
+
+    if flavour not in _ACTIVATION_DTYPE:
+        raise ExportError(f"unknown Q/DQ flavour '{flavour}'; expected one of: {', '.join(_ACTIVATION_DTYPE)}")
+    if opset < _MIN_OPSET:
+        raise ExportError(f"INT8 Q/DQ export needs opset >= {_MIN_OPSET} (per-channel DequantizeLinear), got {opset}")
+    if not is_quantized(model):
+        raise ExportError(
+            f"{type(model).__name__} has no fake quantizers; INT8 export needs a QAT model "
+            "(run a 'qat' stage, or compress.quant.prepare_qat + calibrate_, first)"
+        )
+    path = Path(path)
+    was = model.training
+    model.eval()
+    buf = io.BytesIO()
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    try:
+        with onnx_export_mode(model, activation_dtype=_ACTIVATION_DTYPE[flavour]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example_inputs,),
+                buf,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    except ValueError as e:
+        raise ExportError(f"INT8 export of {type(model).__name__}: {e}") from e
+    except Exception as e:
+        raise ExportError(f"INT8 ONNX export of {type(model).__name__} failed: {type(e).__name__}: {e}") from e
+    finally:
+        model.train(was)
+    proto = onnx.load_from_string(buf.getvalue())
+    _constants_to_initializers(proto)
+    _fold_weight_transposes(proto)
+    _remove_unused_initializers(proto)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:
+        raise ExportError(f"INT8 ONNX model fails onnx.checker: {e}") from e
+    summary = qdq_summary(proto)
+    if summary["weights"] == 0 or summary["activations"] == 0:
+        raise ExportError(f"INT8 export produced no Q/DQ nodes ({summary}); the quantizers were not traced")
+    atomic_write_bytes(path, proto.SerializeToString())
+    return path
+
+
+def qdq_summary(model: Any) -> dict[str, Any]:
+    """Count and describe the Q/DQ nodes of an ONNX model (path or ``ModelProto``).
+
+    Returns:
+        ``weights`` (DequantizeLinear nodes reading an INT8 initializer),
+        ``weight_axes`` (their ``axis`` by consumer op, e.g. ``{"MatMul": [1], "Gemm": [0]}``),
+        ``activations`` (QuantizeLinear nodes), ``activation_zero_points``
+        (sorted distinct ``(dtype, value)`` of their zero points),
+        ``weight_zero_points_all_zero`` and ``float_weight_initializers`` (float
+        initializers of rank >= 2 feeding MatMul/Gemm directly: unquantized weights).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(model)) if isinstance(model, str | os.PathLike) else model
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    weights = 0
+    weight_axes: dict[str, set[int]] = {}
+    wzp_zero = True
+    act_zp: set[tuple[str, int]] = set()
+    for n in g.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8:
+            weights += 1
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            if len(n.input) > 2 and n.input[2] in inits:
+                wzp_zero = wzp_zero and not numpy_helper.to_array(inits[n.input[2]]).any()
+            for c in consumers.get(n.output[0], []):
+                weight_axes.setdefault(c.op_type, set()).add(int(axis))
+        elif n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits:
+            zp = numpy_helper.to_array(inits[n.input[2]])
+            act_zp.add((str(zp.dtype), int(zp.reshape(-1)[0])))
+    float_weights = 0
+    for n in g.node:
+        if n.op_type in ("MatMul", "Gemm"):
+            for i in n.input[:2]:
+                t = inits.get(i)
+                if t is not None and t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2:
+                    float_weights += 1
+    return {
+        "weights": weights,
+        "weight_axes": {k: sorted(v) for k, v in sorted(weight_axes.items())},
+        "weight_zero_points_all_zero": wzp_zero,
+        "activations": sum(1 for n in g.node if n.op_type == "QuantizeLinear"),
+        "activation_zero_points": sorted(act_zp),
+        "float_weight_initializers": float_weights,
+    }
+
+
+# --- graph post-processing ---------------------------------------------------------------------
+
+
+def _constants_to_initializers(proto: Any) -> None:
+    """Turn ``Constant`` nodes feeding Q/DQ/Clip into initializers (TensorRT and checkers expect those)."""
+    g = proto.graph
+    wanted = {"QuantizeLinear", "DequantizeLinear", "Clip"}
+    fed: set[str] = set()
+    for n in g.node:
+        if n.op_type in wanted:
+            fed.update(n.input[1:] if n.op_type != "DequantizeLinear" else n.input)
+    keep = []
+    for n in g.node:
+        if n.op_type == "Constant" and n.output[0] in fed and len(n.attribute) == 1 and n.attribute[0].name == "value":
+            t = n.attribute[0].t
+            t.name = n.output[0]
+            g.initializer.append(t)
+        else:
+            keep.append(n)
+    del g.node[:]
+    g.node.extend(keep)
+
+
+def _fold_weight_transposes(proto: Any) -> None:
+    """``DQ(int8 W, axis=a) → Transpose(perm)`` becomes ``DQ(int8 Wᵀ, axis=perm.index(a))``."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in g.output}
+    drop: list[Any] = []
+    for n in list(g.node):
+        if n.op_type != "DequantizeLinear" or n.input[0] not in inits:
+            continue
+        if inits[n.input[0]].data_type != onnx.TensorProto.INT8 or n.output[0] in graph_outputs:
+            continue
+        users = consumers.get(n.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Transpose":
+            continue
+        tr = users[0]
+        codes = numpy_helper.to_array(inits[n.input[0]])
+        perm = next((list(a.ints) for a in tr.attribute if a.name == "perm"), list(range(codes.ndim))[::-1])
+        new_name = f"{n.input[0]}_T"
+        t = numpy_helper.from_array(codes.transpose(perm).copy(), name=new_name)
+        g.initializer.append(t)
+        inits[new_name] = t
+        n.input[0] = new_name
+        axis_attr = next((a for a in n.attribute if a.name == "axis"), None)
+        if axis_attr is not None and len(inits[n.input[1]].dims) == 1:
+            axis_attr.i = perm.index(axis_attr.i % codes.ndim)
+        n.output[0] = tr.output[0]
+        drop.append(tr)
+    if drop:
+        ids = {id(d) for d in drop}
+        keep = [n for n in g.node if id(n) not in ids]
+        del g.node[:]
+        g.node.extend(keep)
+
+
+def _remove_unused_initializers(proto: Any) -> None:
+    g = proto.graph
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)

@@ -1,0 +1,360 @@
+"""torch-pruning glue: what is prunable, a pruner for a plan, and safe application.
+
+torch-pruning's ``DependencyGraph`` finds the coupled channels (q/k/v outputs
+with the output projection's inputs; ``fc1`` outputs with ``fc2`` inputs).
+This module sorts its groups into *units*:
+
+* ``heads``: the group of one attention module (any submodule with an integer
+  ``num_heads`` and ``nn.Linear`` children ``q``, ``k``, ``v``); whole heads
+  are removed and the head width kept.
+* ``ffn``: a group with exactly one ``nn.Linear`` producing it and no
+  LayerNorm or free parameter in it (an FFN's hidden neurons).
+
+Every other group (the residual stream: patch embedding, output projections,
+``fc2`` outputs, norms, positions) is never pruned in this form. A *plan* maps
+unit names to how many heads or neurons to remove; ``make_pruner`` turns it
+into a torch-pruning ``BasePruner`` with per-layer ratios chosen so that its
+rounding removes exactly those counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from compress._utils.registry import did_you_mean
+
+ALWAYS_IGNORED = ("patch_embed", "head")
+"""Module names never pruned whatever the config says (input embedding and classifier)."""
+
+_ENABLE_RATIO = 1e-6
+"""Smallest width ratio: torch-pruning only prunes heads inside a scope whose width ratio is > 0."""
+
+
+class Infeasible(Exception):
+    """A pruning plan would leave a layer below its minimum width."""
+
+    def __init__(self, layer: str, remaining: int, minimum: int) -> None:
+        self.layer = layer
+        super().__init__(f"'{layer}' would keep {remaining} channels (minimum {minimum})")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A prunable structure of the current model.
+
+    Attributes:
+        kind: ``heads`` (count of heads) or ``ffn`` (hidden neurons).
+        name: Attention module name for heads; the group's producing Linear for ffn.
+        size: Current heads or neurons.
+        min_size: Fewest that must stay (1 head; ``round_to or 1`` neurons).
+    """
+
+    kind: Literal["heads", "ffn"]
+    name: str
+    size: int
+    min_size: int
+
+    @property
+    def removable(self) -> int:
+        """How many may still go."""
+        return max(0, self.size - self.min_size)
+
+
+@dataclass
+class Layout:
+    """The prunable units of a model, and the layers excluded from pruning.
+
+    Attributes:
+        units: Prunable units, in graph order.
+        ignored: Module names excluded by the config or always.
+        blocked: Producing Linear layers of groups this form never prunes (residual stream).
+    """
+
+    units: list[Unit] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+
+    def of_kind(self, kind: str) -> list[Unit]:
+        """Units of one kind."""
+        return [u for u in self.units if u.kind == kind]
+
+
+def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Submodules with an integer ``num_heads`` and ``nn.Linear`` children ``q``, ``k``, ``v``, by name."""
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "num_heads", None), int)
+        and all(isinstance(getattr(m, a, None), nn.Linear) for a in ("q", "k", "v"))
+    }
+
+
+def resolve_ignored(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Module names matched by the glob ``patterns``, plus the always-ignored ones.
+
+    Raises:
+        ValueError: A pattern matches no module; the message shows real names.
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    out = {n for n in ALWAYS_IGNORED if n in names}
+    for i, pat in enumerate(patterns):
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            examples = ", ".join(names[:1] + [n for n in names if n.count(".") >= 2][:3])
+            raise ValueError(
+                f"ignored_layers[{i}]: '{pat}' matches no module{did_you_mean(pat, names)}; "
+                f"module names look like {examples}"
+            )
+        out.update(hits)
+    return sorted(out)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    # cls_token/pos_embed live on the residual stream, which is never pruned here, so
+    # torch-pruning's notice about how it would prune them is noise.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Unwrapped parameters detected.*")
+        yield
+
+
+def _expand(model: nn.Module, names: list[str]) -> list[nn.Module]:
+    mods = dict(model.named_modules())
+    out: list[nn.Module] = []
+    for n in names:
+        out.extend(mods[n].modules())
+    return out
+
+
+def find_layout(model: nn.Module, example_inputs: torch.Tensor, ignored: list[str], *, round_to: int | None) -> Layout:
+    """Sort the dependency graph's groups of ``model`` into prunable units."""
+    import torch_pruning as tp
+
+    attn = attention_modules(model)
+    qkv_owner = {id(getattr(a, x)): name for name, a in attn.items() for x in ("q", "k", "v")}
+    name_of = {id(m): n for n, m in model.named_modules()}
+    with _quiet(), torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    layout = Layout(ignored=list(ignored))
+    for group in dg.get_all_groups(ignored_layers=_expand(model, ignored), root_module_types=[nn.Linear]):
+        outs = [
+            dep.target.module
+            for dep, _ in group
+            if dg.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, nn.Linear)
+        ]
+        residual = any(
+            isinstance(dep.target.module, nn.LayerNorm) or dep.target.type == tp.ops.OPTYPE.PARAMETER
+            for dep, _ in group
+        )
+        owners = {qkv_owner[id(m)] for m in outs if id(m) in qkv_owner}
+        if owners and not residual and len(owners) == 1:
+            name = owners.pop()
+            a = attn[name]
+            if all(any(m is getattr(a, x) for m in outs) for x in ("q", "k", "v")):
+                layout.units.append(Unit("heads", name, a.num_heads, 1))
+                continue
+        elif not owners and not residual and len(outs) == 1:
+            root = outs[0]
+            minimum = min(round_to or 1, root.out_features)
+            layout.units.append(Unit("ffn", name_of[id(root)], root.out_features, minimum))
+            continue
+        layout.blocked.extend(name_of[id(m)] for m in outs if id(m) in name_of)
+    layout.blocked = sorted(set(layout.blocked))
+    return layout
+
+
+def make_pruner(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    importance: Any,
+    layout: Layout,
+    *,
+    plan: dict[str, int] | None = None,
+    global_ratios: tuple[float, float] | None = None,
+    round_to: int | None = None,
+) -> Any:
+    """A one-step torch-pruning ``BasePruner`` on ``model`` for a plan or for global ratios.
+
+    Args:
+        model: The model to prune (module names as in ``layout``).
+        example_inputs: Tracing inputs.
+        importance: A torch-pruning ``Importance``.
+        layout: Units found by ``find_layout`` on a model of the same architecture.
+        plan: Local pruning: unit name -> heads or neurons to remove (exact).
+        global_ratios: Global ranking: ``(head_ratio, width_ratio)`` of all heads and all
+            neurons of the scope, ranked across layers; units absent from ``layout`` are kept.
+        round_to: Keep FFN widths a multiple of this (global ranking only; plans are pre-rounded).
+    """
+    import torch_pruning as tp
+
+    mods = dict(model.named_modules())
+    attn = attention_modules(model)
+    num_heads: dict[nn.Module, int] = {}
+    for a in attn.values():
+        for x in ("q", "k", "v"):
+            num_heads[getattr(a, x)] = a.num_heads
+    unit_names = {u.name for u in layout.units}
+    # Attention modules and FFN roots that are not units (blocked by the graph) are kept whole.
+    keep = list(layout.ignored) + list(layout.blocked)
+    keep += [n for n in attn if n not in unit_names and n not in keep]
+    common: dict[str, Any] = {
+        "num_heads": num_heads,
+        "prune_num_heads": True,
+        "prune_head_dims": False,
+        # Pass fresh dicts: BasePruner's defaults are shared mutable objects it writes into.
+        "in_channel_groups": {},
+        "out_channel_groups": {},
+        "iterative_steps": 1,
+        "root_module_types": [nn.Linear],
+    }
+    if plan is not None:
+        ratio_dict: dict[nn.Module, float] = {}
+        head_dict: dict[nn.Module, float] = {}
+        for u in layout.units:
+            c = plan.get(u.name, 0)
+            if c <= 0:
+                continue
+            if u.kind == "ffn":
+                # BasePruner removes n - int(n * (1 - r)) channels: r = (c - 0.5) / n gives exactly c.
+                ratio_dict[mods[u.name]] = (c - 0.5) / u.size
+            else:
+                a = mods[u.name]
+                # Heads are removed only in a scope whose width ratio is positive; with
+                # prune_head_dims=False that width ratio prunes nothing itself.
+                ratio_dict[a.q] = _ENABLE_RATIO
+                for x in ("q", "k", "v"):
+                    # ceil(r * H) heads go: r = (c - 0.5) / H gives exactly c.
+                    head_dict[getattr(a, x)] = (c - 0.5) / u.size
+        with _quiet(), torch.enable_grad():
+            return tp.pruner.BasePruner(
+                model,
+                example_inputs,
+                importance=importance,
+                global_pruning=False,
+                pruning_ratio=0.0,
+                pruning_ratio_dict=ratio_dict,
+                head_pruning_ratio=0.0,
+                head_pruning_ratio_dict=head_dict,
+                ignored_layers=_expand(model, keep),
+                **common,
+            )
+    if global_ratios is None:
+        raise ValueError("make_pruner needs a plan or global_ratios")
+    head_ratio, width_ratio = global_ratios
+    heads_on = head_ratio > 0
+    ffn_on = width_ratio > 0
+    if not heads_on:
+        keep += [u.name for u in layout.of_kind("heads")]
+    if not ffn_on:
+        keep += [u.name for u in layout.of_kind("ffn")]
+        width_ratio = _ENABLE_RATIO
+    with _quiet(), torch.enable_grad():
+        return tp.pruner.BasePruner(
+            model,
+            example_inputs,
+            importance=importance,
+            global_pruning=True,
+            pruning_ratio=width_ratio,
+            head_pruning_ratio=head_ratio,
+            round_to=round_to,
+            ignored_layers=_expand(model, keep),
+            **common,
+        )
+
+
+def apply_pruner(pruner: Any, model: nn.Module, layout: Layout) -> None:
+    """Run one pruning step, refusing any group that would take a unit below its minimum.
+
+    Raises:
+        Infeasible: A group would leave a unit below ``min_size`` (the model may be
+            partly pruned; callers use a copy when this can happen).
+    """
+    mods = dict(model.named_modules())
+    minimum: dict[int, tuple[str, int]] = {}
+    for u in layout.units:
+        if u.kind == "heads":
+            a = mods[u.name]
+            for x in ("q", "k", "v"):
+                lin = getattr(a, x)
+                minimum[id(lin)] = (u.name, lin.out_features // a.num_heads)
+        else:
+            minimum[id(mods[u.name])] = (u.name, u.min_size)
+    head_width = {name: a.q.out_features // a.num_heads for name, a in attention_modules(model).items()}
+    with _quiet():
+        for group in pruner.step(interactive=True):
+            for dep, idxs in group:
+                m = dep.target.module
+                if id(m) in minimum and pruner.DG.is_out_channel_pruning_fn(dep.handler):
+                    name, lo = minimum[id(m)]
+                    left = m.out_features - len(set(idxs))
+                    if left < lo:
+                        raise Infeasible(name, left, lo)
+            group.prune()
+    sync_heads(model, head_width)
+
+
+def sync_heads(model: nn.Module, head_width: dict[str, int]) -> None:
+    """Set each attention module's ``num_heads`` from its pruned q width (head width kept).
+
+    Raises:
+        ValueError: q/k/v/o widths are no longer whole, consistent heads; names the module.
+    """
+    for name, a in attention_modules(model).items():
+        hd = head_width[name]
+        widths = {x: getattr(a, x).out_features for x in ("q", "k", "v")}
+        o = getattr(a, "o", None)
+        o_in = o.in_features if isinstance(o, nn.Linear) else widths["v"]
+        if len(set(widths.values())) != 1 or widths["q"] % hd or o_in != widths["v"]:
+            raise ValueError(
+                f"after pruning, attention '{name}' is inconsistent: q/k/v out {widths}, o in {o_in}, "
+                f"head width {hd}; expected equal multiples of the head width"
+            )
+        a.num_heads = widths["q"] // hd
+
+
+def clone_with_grads(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also copies ``.grad`` (Taylor scores read it; deepcopy drops it)."""
+    twin = copy.deepcopy(model)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        if p.grad is not None:
+            q.grad = p.grad.detach().clone()
+    return twin
+
+
+@torch.no_grad()
+def check_forward(model: nn.Module, example_inputs: torch.Tensor, expected: torch.Size) -> None:
+    """Run ``model`` on ``example_inputs`` and check the output shape.
+
+    Raises:
+        ValueError: The forward pass fails (names the module where) or the output shape changed.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    entered: list[str] = []
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_pre_hook(lambda mod, _inp: entered.append(names[id(mod)])) for m in leaves]
+    was = model.training
+    model.eval()
+    try:
+        out = model(example_inputs)
+    except RuntimeError as e:
+        where = entered[-1] if entered else type(model).__name__
+        raise ValueError(f"after pruning, the forward pass fails in '{where}': {str(e).splitlines()[0]}") from e
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    if tuple(out.shape) != tuple(expected):
+        where = entered[-1] if entered else type(model).__name__
+        raise ValueError(
+            f"after pruning, the output shape is {tuple(out.shape)} instead of {tuple(expected)} "
+            f"(last layer run: '{where}')"
+        )

@@ -1,0 +1,296 @@
+"""Fake quantizers trained with LSQ, and the layers that carry them.
+
+A ``FakeQuantizer`` maps ``x`` to ``round(clip(x / s, qmin, qmax)) · s`` with
+a straight-through estimator for ``round`` and the LSQ step-size gradient
+(Esser et al., arXiv 1902.08153): inside the clip range
+``∂x̂/∂s = round(x/s) - x/s``, below it ``qmin``, above it ``qmax``, and the
+gradient reaching ``s`` is multiplied by ``g = 1 / sqrt(N · qmax)``. Both
+come out of autograd from the forward written below, so there is no custom
+backward to get wrong.
+
+The stored parameter is the step size itself (the number the Q/DQ export
+writes), used as ``|scale|`` clamped to ``_EPS``: a step that an optimizer
+pushes through zero keeps its gradient (the sign flips back) instead of
+sticking at a clamp, and the effective scale is always strictly positive.
+
+A quantizer has four modes: disabled (identity, for exact FP comparisons and
+Teacher Intervention), observing (identity that records statistics for
+calibration), fake-quant (training and evaluation) and export (emits ONNX
+Q/DQ, see ``compress.quant._onnx``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress.models.layers import MatMul
+from compress.quant.config import ActivationQuantConfig, CalibrationConfig, QuantConfig, WeightQuantConfig
+
+_EPS = 1e-8
+"""Smallest effective scale; keeps ``x / s`` finite for a scale driven to zero."""
+
+Role = Literal["weight", "activation"]
+
+
+def int_range(bits: int) -> tuple[int, int]:
+    """The symmetric signed grid ``(qmin, qmax) = (-2^(b-1), 2^(b-1) - 1)``."""
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def _grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by ``g`` (LSQ's step-size gradient scale)."""
+    y = x * g
+    return (x - y).detach() + y
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round half to even (as ONNX QuantizeLinear) with an identity gradient."""
+    return (x.round() - x).detach() + x
+
+
+def lsq_fake_quant(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``round(clip(x / scale, qmin, qmax)) · scale`` with STE rounding.
+
+    Args:
+        x: Values to quantize.
+        scale: Positive step size, broadcastable to ``x``.
+        qmin: Lowest integer code.
+        qmax: Highest integer code.
+
+    Returns:
+        The fake-quantized values. The gradient to ``x`` is 1 inside the clip
+        range and 0 outside; the gradient to ``scale`` is LSQ's.
+    """
+    return _round_ste(torch.clamp(x / scale, qmin, qmax)) * scale
+
+
+class FakeQuantizer(nn.Module):
+    """Symmetric fake quantizer with a (learnable) step size.
+
+    Args:
+        role: ``weight`` (statistics from the tensor itself, max of ``|w|``) or
+            ``activation`` (statistics per the calibration method).
+        bits: Bit width; the grid is ``[-2^(b-1), 2^(b-1) - 1]``.
+        channels: Number of per-channel scales along axis 0, or ``None`` for one scale.
+        learn_scale: Whether ``scale`` receives gradients.
+        method: Calibration statistic for activations (``minmax`` or ``percentile``).
+        percentile: Percentile of ``|x|`` for ``method="percentile"``.
+
+    Example:
+        >>> q = FakeQuantizer(role="activation", bits=8)
+        >>> calibrate_quantizer_(q, [torch.tensor([-1.0, 0.5, 2.54])])
+        >>> round(q.effective_scale().item(), 4)
+        0.02
+    """
+
+    def __init__(
+        self,
+        *,
+        role: Role,
+        bits: int = 8,
+        channels: int | None = None,
+        learn_scale: bool = True,
+        method: Literal["minmax", "percentile"] = "minmax",
+        percentile: float = 99.99,
+    ) -> None:
+        super().__init__()
+        self.role = role
+        self.bits = bits
+        self.qmin, self.qmax = int_range(bits)
+        self.axis: int | None = 0 if channels is not None else None
+        self.method = method if role == "activation" else "minmax"
+        self.percentile = percentile
+        shape = (channels,) if channels is not None else ()
+        self.scale = nn.Parameter(torch.ones(shape), requires_grad=learn_scale)
+        self.register_buffer("calibrated", torch.tensor(False))
+        self.enabled = True
+        self._observing = False
+        self._stats: list[torch.Tensor] = []
+        self._export: Any = None
+
+    def extra_repr(self) -> str:
+        gran = f"per-channel(axis={self.axis})" if self.axis is not None else "per-tensor"
+        return f"role={self.role}, bits={self.bits}, {gran}, learn_scale={self.scale.requires_grad}"
+
+    @property
+    def learn_scale(self) -> bool:
+        """Whether the scale is trained."""
+        return self.scale.requires_grad
+
+    def effective_scale(self) -> torch.Tensor:
+        """The strictly positive step size used in forward and written to ONNX."""
+        return self.scale.abs().clamp_min(_EPS)
+
+    def grad_scale_factor(self, x: torch.Tensor) -> float:
+        """LSQ's ``g = 1 / sqrt(N · qmax)``.
+
+        ``N`` is the number of elements sharing one scale for weights, and the
+        number of features of one example (``x.numel() / x.shape[0]``) for
+        activations, as in the paper's ``N_W`` and ``N_F``.
+        """
+        if self.role == "weight":
+            n = x.numel() // (self.scale.numel() if self.axis is not None else 1)
+        else:
+            n = x.numel() // max(1, x.shape[0]) if x.dim() > 0 else 1
+        return 1.0 / math.sqrt(max(1, n) * self.qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if self._observing:
+            self._observe(x.detach())
+            return x
+        if self._export is not None:
+            return self._export.apply(x)
+        if not bool(self.calibrated):
+            raise RuntimeError(
+                f"{self.role} quantizer used before its scale was set; run "
+                "compress.quant.calibrate_(model, forward_loop) after prepare_qat (or load a calibrated state dict)"
+            )
+        s = self.effective_scale()
+        if self.scale.requires_grad:
+            s = _grad_scale(s, self.grad_scale_factor(x))
+        if self.axis is not None:
+            s = s.reshape(-1, *([1] * (x.dim() - 1)))
+        return lsq_fake_quant(x, s, self.qmin, self.qmax)
+
+    # --- calibration -----------------------------------------------------------------------------
+
+    def start_observing_(self) -> None:
+        """Clear statistics and switch to observing (identity forward)."""
+        self._stats = []
+        self._observing = True
+
+    def _observe(self, x: torch.Tensor) -> None:
+        a = x.abs().float()
+        if self.axis is not None:
+            self._stats.append(a.reshape(a.shape[0], -1).amax(dim=1))
+        elif self.method == "percentile":
+            flat = a.reshape(-1)
+            k = max(1, min(flat.numel(), math.ceil(self.percentile / 100.0 * flat.numel())))
+            self._stats.append(flat.kthvalue(k).values)
+        else:
+            self._stats.append(a.max())
+
+    def finish_observing_(self, name: str = "") -> None:
+        """Set the scale to ``amax / qmax`` from the recorded statistics and stop observing.
+
+        ``amax`` is the running max for weights and ``minmax``, the mean of
+        the per-batch percentiles for ``percentile``. All-zero channels (dead
+        or pruned) get the mean scale of the other channels (1.0 if all are zero),
+        so every scale stays positive.
+
+        Raises:
+            RuntimeError: The quantizer saw no data.
+        """
+        self._observing = False
+        if not self._stats:
+            raise RuntimeError(
+                f"quantizer {name or self.role!r} saw no data during calibration; "
+                "the forward_loop must run at least one batch through every quantized layer"
+            )
+        stacked = torch.stack(self._stats)
+        amax = stacked.mean(0) if (self.method == "percentile" and self.axis is None) else stacked.amax(0)
+        self._stats = []
+        scale = amax / self.qmax
+        pos = scale > 0
+        if not bool(pos.all()):
+            fill = scale[pos].mean() if bool(pos.any()) else torch.tensor(1.0)
+            scale = torch.where(pos, scale, fill)
+        with torch.no_grad():
+            self.scale.copy_(scale.to(self.scale.dtype).reshape(self.scale.shape))
+            self.calibrated.fill_(True)
+
+    def quantize_int(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer codes ``round(clip(x / s))`` as int8 (exactly what fake-quant multiplies by ``s``)."""
+        s = self.effective_scale().detach()
+        if self.axis is not None:
+            s = s.reshape(-1, *([1] * (x.dim() - 1)))
+        return torch.clamp(x.detach() / s, self.qmin, self.qmax).round().to(torch.int8)
+
+
+def calibrate_quantizer_(q: FakeQuantizer, tensors: list[torch.Tensor]) -> None:
+    """Calibrate one quantizer on a list of tensors (helper for tests and docs)."""
+    q.start_observing_()
+    for t in tensors:
+        q(t)
+    q.finish_observing_()
+
+
+def _weight_quantizer(cfg: WeightQuantConfig, out_features: int) -> FakeQuantizer:
+    return FakeQuantizer(
+        role="weight",
+        bits=cfg.bits,
+        channels=out_features if cfg.per_channel else None,
+        learn_scale=cfg.learn_scale,
+    )
+
+
+def _act_quantizer(cfg: ActivationQuantConfig, cal: CalibrationConfig) -> FakeQuantizer:
+    return FakeQuantizer(
+        role="activation", bits=cfg.bits, learn_scale=cfg.learn_scale, method=cal.method, percentile=cal.percentile
+    )
+
+
+class QuantLinear(nn.Linear):
+    """``nn.Linear`` with a per-channel weight quantizer and a per-tensor input quantizer.
+
+    Subclasses ``nn.Linear`` so ``weight`` and ``bias`` keep their state-dict keys;
+    the quantizers add ``weight_quantizer.*`` and ``input_quantizer.*``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        cfg: QuantConfig,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.weight_quantizer = _weight_quantizer(cfg.weights, out_features)
+        self.input_quantizer = _act_quantizer(cfg.activations, cfg.calibration)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, cfg: QuantConfig) -> QuantLinear:
+        """A ``QuantLinear`` sharing ``linear``'s parameters (no copy)."""
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, cfg=cfg, device="meta")
+        q.weight = linear.weight
+        q.bias = linear.bias
+        q.weight_quantizer.to_empty(device=linear.weight.device)
+        q.input_quantizer.to_empty(device=linear.weight.device)
+        for fq in (q.weight_quantizer, q.input_quantizer):
+            with torch.no_grad():
+                fq.scale.fill_(1.0)
+                fq.calibrated.fill_(False)
+        q.train(linear.training)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+
+
+class QuantMatMul(MatMul):
+    """``a @ b`` with a per-tensor quantizer on each input (attention Q·Kᵀ and probs·V)."""
+
+    def __init__(self, *, cfg: QuantConfig) -> None:
+        super().__init__()
+        self.a_quantizer = _act_quantizer(cfg.activations, cfg.calibration)
+        self.b_quantizer = _act_quantizer(cfg.activations, cfg.calibration)
+
+    @classmethod
+    def from_float(cls, mm: MatMul, cfg: QuantConfig) -> QuantMatMul:
+        """A ``QuantMatMul`` replacing ``mm``."""
+        q = cls(cfg=cfg)
+        q.train(mm.training)
+        return q
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(self.a_quantizer(a), self.b_quantizer(b))

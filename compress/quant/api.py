@@ -1,0 +1,202 @@
+"""Entry points of the quantization library: prepare, calibrate, switch on and off.
+
+QAT is a config plus steps on a plain ``nn.Module``:
+
+1. ``prepare_qat(model, cfg)`` swaps every ``nn.Linear`` for a ``QuantLinear``
+   and every ``MatMul`` for a ``QuantMatMul`` (the swaps are the ``QUANT_MODULES``
+   registry: one entry per quantizable module type);
+2. ``calibrate_(model, forward_loop)`` sets the initial scales from the data the
+   caller's ``forward_loop`` runs through the model;
+3. training (any loop) learns weights and scales;
+4. ``compress.export.export_onnx_qdq`` writes INT8 Q/DQ ONNX from the learned scales.
+
+``prepare_qat`` records itself on the model (transform ``qat``), so
+``save_model``/``load_model`` rebuild the quantized architecture and load its
+scales from the state dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress._utils.registry import Registry
+from compress.models import record_transform, register_transform
+from compress.models.layers import MatMul
+from compress.quant._fake_quant import FakeQuantizer, QuantLinear, QuantMatMul
+from compress.quant.config import QuantConfig
+
+
+@dataclass(frozen=True)
+class QuantModuleRule:
+    """How one float module type becomes its quantized counterpart.
+
+    Attributes:
+        source: The float module type, matched exactly (subclasses are not swapped,
+            e.g. ``nn.MultiheadAttention``'s ``out_proj`` keeps its own class).
+        convert: ``convert(module, cfg) -> quantized module``.
+        applies: ``applies(cfg)``: whether the rule is active for this config.
+    """
+
+    source: type[nn.Module]
+    convert: Callable[[nn.Module, QuantConfig], nn.Module]
+    applies: Callable[[QuantConfig], bool]
+
+
+QUANT_MODULES: Registry[QuantModuleRule] = Registry("quantizable module")
+"""Quantizable module types; ``register_quant_module`` adds one without touching ``prepare_qat``."""
+
+
+def register_quant_module(name: str, rule: QuantModuleRule) -> QuantModuleRule:
+    """Register how a module type is quantized.
+
+    Args:
+        name: Registry key (``linear``, ``matmul``, ...).
+        rule: Source type, converter and activation predicate.
+
+    Returns:
+        ``rule``.
+    """
+    return QUANT_MODULES.register(name)(rule)
+
+
+register_quant_module("linear", QuantModuleRule(nn.Linear, QuantLinear.from_float, lambda cfg: True))  # type: ignore[arg-type]
+register_quant_module(
+    "matmul", QuantModuleRule(MatMul, QuantMatMul.from_float, lambda cfg: cfg.quantize_attention_matmuls)  # type: ignore[arg-type]
+)
+
+QUANT_MODULE_TYPES = (QuantLinear, QuantMatMul)
+
+
+def quantizers(model: nn.Module) -> Iterator[tuple[str, FakeQuantizer]]:
+    """``(qualified name, quantizer)`` for every fake quantizer in ``model``."""
+    for name, m in model.named_modules():
+        if isinstance(m, FakeQuantizer):
+            yield name, m
+
+
+def quantized_modules(model: nn.Module) -> list[str]:
+    """Qualified names of the quantized layers (``QuantLinear``/``QuantMatMul``) in ``model``."""
+    return [name for name, m in model.named_modules() if isinstance(m, QUANT_MODULE_TYPES)]
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether ``prepare_qat`` has been applied to ``model``."""
+    return any(True for _ in quantizers(model))
+
+
+def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
+    """Insert fake quantizers into ``model`` in place and return it.
+
+    Every module whose exact type has an active ``QUANT_MODULES`` rule is
+    replaced: ``nn.Linear`` by ``QuantLinear`` (parameters shared, state-dict
+    keys kept) and, with ``quantize_attention_matmuls``, ``MatMul`` by
+    ``QuantMatMul``. The transform is recorded as ``qat`` so ``load_model``
+    replays it. Scales are unset until ``calibrate_`` runs.
+
+    Args:
+        model: The float model (mutated).
+        cfg: Quantization settings; default ``QuantConfig()``.
+
+    Returns:
+        ``model``, quantized.
+
+    Raises:
+        ValueError: ``model`` is already quantized, or contains nothing to quantize.
+
+    Example:
+        >>> from compress.models import build_model
+        >>> m = prepare_qat(build_model("tiny-vit", {"dim": 16, "depth": 1}))
+        >>> type(m.blocks[0].attn.q).__name__, type(m.blocks[0].attn.qk).__name__
+        ('QuantLinear', 'QuantMatMul')
+    """
+    cfg = cfg or QuantConfig()
+    if is_quantized(model):
+        raise ValueError(f"{type(model).__name__} is already quantized (prepare_qat ran before); prepare it once")
+    rules = [rule for _, rule in QUANT_MODULES.items() if rule.applies(cfg)]
+    by_type = {rule.source: rule for rule in rules}
+    swapped = 0
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            rule = by_type.get(type(child))
+            if rule is not None:
+                setattr(parent, child_name, rule.convert(child, cfg))
+                swapped += 1
+    if swapped == 0:
+        kinds = ", ".join(r.source.__name__ for r in rules)
+        raise ValueError(f"{type(model).__name__} has no module to quantize (looked for {kinds})")
+    record_transform(model, "qat", cfg.model_dump(mode="json"))
+    return model
+
+
+@register_transform("qat")
+def _replay_qat(model: nn.Module, config: dict[str, Any]) -> nn.Module:
+    """``load_model`` hook: re-insert the quantizers recorded by ``prepare_qat``."""
+    return prepare_qat(model, QuantConfig.model_validate(config))
+
+
+@torch.no_grad()
+def calibrate_(model: nn.Module, forward_loop: Callable[[nn.Module], Any]) -> None:
+    """Set every quantizer's scale from statistics collected while ``forward_loop`` runs.
+
+    During the loop the quantizers pass values through unchanged (the model
+    computes in full precision) and record ``max |x|`` (weights per output
+    channel; activations per the calibration method). Afterwards
+    ``scale = amax / qmax`` (``amax / 127`` for 8 bits). The model runs in
+    eval mode during calibration and gets its training flag back after.
+
+    Args:
+        model: A model prepared with ``prepare_qat`` (mutated: scales set).
+        forward_loop: ``forward_loop(model)`` runs calibration batches through ``model``.
+
+    Raises:
+        ValueError: ``model`` has no quantizers.
+        RuntimeError: A quantizer saw no data (the loop ran no batch through it).
+
+    Example:
+        >>> x = torch.randn(8, 1, 8, 8)
+        >>> calibrate_(m, lambda model: model(x))  # doctest: +SKIP
+    """
+    qs = list(quantizers(model))
+    if not qs:
+        raise ValueError(f"{type(model).__name__} has no quantizers; call prepare_qat(model, cfg) first")
+    was = model.training
+    states = [(q, q.enabled) for _, q in qs]
+    model.eval()
+    try:
+        for _, q in qs:
+            q.enabled = True
+            q.start_observing_()
+        forward_loop(model)
+        for name, q in qs:
+            q.finish_observing_(name)
+    finally:
+        for q, enabled in states:
+            q._observing = False
+            q._stats = []
+            q.enabled = enabled
+        model.train(was)
+
+
+def set_quant_enabled_(model: nn.Module, enabled: bool) -> int:
+    """Switch every fake quantizer in ``model`` on or off, in place.
+
+    Disabled quantizers are the identity, so a disabled model computes exactly
+    what the float model with the same weights computes.
+
+    Args:
+        model: Any model (models without quantizers are left as they are).
+        enabled: True for fake-quant, False for full precision.
+
+    Returns:
+        The number of quantizers switched.
+    """
+    n = 0
+    for _, q in quantizers(model):
+        q.enabled = enabled
+        n += 1
+    return n

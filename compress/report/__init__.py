@@ -1,0 +1,5 @@
+"""Gates and reports: gate evaluation, junit.xml, report.md, metrics.json."""
+
+from compress.report.gates import evaluate_gates as evaluate_gates
+from compress.report.junit import junit_xml as junit_xml
+from compress.report.markdown import build_metrics as build_metrics, render_markdown as render_markdown, write_reports as write_reports

@@ -1,0 +1,129 @@
+"""Release gates: compare measured metrics with budgets. Fail closed.
+
+A gate passes only when its metric was measured and is within budget. A
+budget whose target did not run, whose artifact is missing or whose metric is
+absent fails, with the reason as its message.
+
+Measurements come from the manifest: every stage whose metrics hold a
+``targets`` mapping (the ``validate`` stage) contributes per-target results:
+``targets.<name>.models.<model>.{accuracy, agreement, size_mb, latency.<batch>.p95_ms...}``
+with ``release_artifact`` naming the model the target deploys and ``teacher``
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compress.config.schema import GatesConfig
+
+
+def _gate(name: str, passed: bool, measured: Any, budget: Any, message: str) -> dict[str, Any]:
+    return {"name": name, "passed": bool(passed), "measured": measured, "budget": budget, "message": message}
+
+
+def collect_targets(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-target measurements from every stage that produced them (later stages win)."""
+    out: dict[str, dict[str, Any]] = {}
+    for st in manifest.get("stages", []):
+        t = st.get("metrics", {}).get("targets")
+        if isinstance(t, dict):
+            out.update(t)
+    return out
+
+
+def _release(tname: str, t: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The release artifact's measurements on a target, or None with the reason."""
+    if not t.get("ran"):
+        return None, f"target '{tname}' did not run: {t.get('reason') or 'no reason recorded'}"
+    rel = t.get("release_artifact")
+    if t.get("release_missing"):
+        return None, f"release artifact of '{tname}' missing: {t['release_missing']}"
+    models = t.get("models", {})
+    if not rel or rel not in models:
+        return None, f"release artifact '{rel}' was not measured on '{tname}'"
+    return models[rel], ""
+
+
+def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Evaluate every configured gate against the manifest.
+
+    Returns:
+        One dict per gate check: ``name``, ``passed``, ``measured``, ``budget``, ``message``.
+    """
+    results: list[dict[str, Any]] = []
+    targets = collect_targets(manifest)
+    per_artifact = [n for n in ("accuracy", "agreement", "size") if getattr(gates, n) is not None]
+    for gname in per_artifact:
+        if not targets:
+            results.append(_gate(gname, False, None, None, f"{gname}: no validate stage measured any target"))
+    for tname, t in targets.items():
+        rel, why = _release(tname, t)
+        teacher = (t.get("models") or {}).get("teacher")
+        if gates.accuracy is not None:
+            g = gates.accuracy
+            name = f"accuracy[{tname}]"
+            budget = {"max_drop": g.max_drop, "relative": g.relative}
+            if rel is None or teacher is None or rel.get("accuracy") is None or teacher.get("accuracy") is None:
+                results.append(_gate(name, False, None, budget, why or "accuracy of teacher or artifact missing"))
+            else:
+                drop = teacher["accuracy"] - rel["accuracy"]
+                if g.relative:
+                    drop = drop / teacher["accuracy"] if teacher["accuracy"] > 0 else float("inf")
+                ok = drop <= g.max_drop + 1e-12
+                results.append(
+                    _gate(
+                        name,
+                        ok,
+                        round(drop, 6),
+                        budget,
+                        f"{t.get('release_artifact')} accuracy {rel['accuracy']:.4f} vs teacher {teacher['accuracy']:.4f}: "
+                        f"drop {drop:.4f} {'<=' if ok else '>'} {g.max_drop}",
+                    )
+                )
+        if gates.agreement is not None:
+            name = f"agreement[{tname}]"
+            val = None if rel is None else rel.get("agreement")
+            if val is None:
+                results.append(_gate(name, False, None, gates.agreement.min, why or "agreement not measured"))
+            else:
+                ok = val >= gates.agreement.min
+                results.append(
+                    _gate(name, ok, val, gates.agreement.min, f"top-1 agreement {val:.4f} {'>=' if ok else '<'} {gates.agreement.min}")
+                )
+        if gates.size is not None:
+            name = f"size[{tname}]"
+            val = None if rel is None else rel.get("size_mb")
+            if val is None:
+                results.append(_gate(name, False, None, gates.size.max_mb, why or "size not measured"))
+            else:
+                ok = val <= gates.size.max_mb
+                results.append(
+                    _gate(name, ok, val, gates.size.max_mb, f"{val:.4f} MB {'<=' if ok else '>'} {gates.size.max_mb} MB")
+                )
+    for tname, budget in gates.latency.items():
+        t = targets.get(tname)
+        base = f"latency[{tname}]@{budget.batch}"
+        checks = [(k, getattr(budget, k)) for k in ("p50_ms", "p95_ms", "p99_ms", "min_throughput")]
+        checks = [(k, v) for k, v in checks if v is not None]
+        if t is None:
+            for k, v in checks:
+                results.append(_gate(f"{base}.{k}", False, None, v, f"target '{tname}' was not validated"))
+            continue
+        rel, why = _release(tname, t)
+        stats = None if rel is None else (rel.get("latency") or {}).get(str(budget.batch))
+        for k, v in checks:
+            name = f"{base}.{k}"
+            if stats is None:
+                results.append(_gate(name, False, None, v, why or f"batch {budget.batch} was not measured on '{tname}'"))
+                continue
+            key = "throughput_per_s" if k == "min_throughput" else k
+            val = stats.get(key)
+            if val is None:
+                results.append(_gate(name, False, None, v, f"{key} missing from the measurements"))
+                continue
+            ok = val >= v if k == "min_throughput" else val <= v
+            unit = "/s" if k == "min_throughput" else " ms"
+            cmp = (">=" if ok else "<") if k == "min_throughput" else ("<=" if ok else ">")
+            results.append(_gate(name, ok, round(val, 4), v, f"{t.get('release_artifact')} {key} {val:.3f}{unit} {cmp} {v}{unit}"))
+    return results

@@ -1,0 +1,142 @@
+"""``torch``: run a model in eager PyTorch, FP32, as the reference runtime.
+
+The source is an ``nn.Module`` or a compress model file (``save_model``: spec +
+state dict, loaded without unpickling code). The model is never modified: when
+it is in training mode, not FP32 or must move to CUDA, the session works on a
+copy. Inputs and outputs are NumPy arrays, as for every runtime.
+
+The model has one input, ``input``, and one output per returned tensor
+(``logits`` for a single tensor, ``output_<i>`` for a tuple), matching the names
+``compress.export.export_onnx`` gives the ONNX graph. The input shape is known
+when the model has ``example_inputs()`` (every built-in family has); otherwise it
+is ``("batch", ...)`` of unknown rank (``TensorSpec.shape`` ``None``).
+
+``torch.set_num_threads`` is process-wide: the session sets it to ``threads`` at
+load, re-applies it before each run if something else changed it, and restores
+the previous value on ``close``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.errors import BadInputError
+from compress.runtime.base import Session, SessionError, TensorSpec, register_runtime
+
+_INPUT_NAME = "input"
+_OUTPUT_NAME = "logits"
+_BATCH = "batch"
+
+
+@register_runtime("torch")
+class TorchSession(Session):
+    """An eager ``nn.Module`` in FP32 on CPU or CUDA.
+
+    Example:
+        >>> sess = TorchSession.load(model, threads=2)  # doctest: +SKIP
+        >>> sess.run({"input": x.numpy()})[0].shape  # doctest: +SKIP
+        (32, 10)
+    """
+
+    formats = frozenset({"torch"})
+    devices = frozenset({"cpu", "cuda"})
+
+    @classmethod
+    def _can_run_here_impl(cls, device: str) -> tuple[bool, str]:
+        if device == "cuda" and not torch.cuda.is_available():
+            build = "CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build"
+            return False, (
+                f"torch {torch.__version__} ({build}) sees no CUDA device (torch.cuda.is_available() is False); "
+                "install a CUDA build of torch on a machine with an NVIDIA GPU"
+            )
+        return True, ""
+
+    def _load_impl(self, source: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        if isinstance(source, nn.Module):
+            model = source
+        elif isinstance(source, (str, os.PathLike)):
+            from compress.models import load_model
+
+            model = load_model(Path(source))
+        else:
+            raise BadInputError(
+                f"runtime 'torch' loads an nn.Module or a compress model file (save_model), "
+                f"got {type(source).__name__}"
+            )
+        target = torch.device(self.device)
+        needs_copy = (
+            model.training
+            or any(t.is_floating_point() and t.dtype != torch.float32 for t in _tensors(model))
+            or any(t.device != target for t in _tensors(model))
+        )
+        if needs_copy:
+            model = copy.deepcopy(model).float().eval().to(target)
+        self._model = model
+        self._target = target
+        self._prev_threads = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        in_shape: tuple[int | str, ...] | None = None
+        out_specs: list[TensorSpec]
+        if hasattr(model, "example_inputs"):
+            example = model.example_inputs(1)
+            in_shape = (_BATCH, *tuple(example.shape[1:]))
+            with torch.inference_mode():
+                out = model(example.to(target))
+            outs = _as_list(out)
+            names = _output_names(len(outs))
+            out_specs = [
+                TensorSpec(n, (_BATCH, *tuple(o.shape[1:])), _np_dtype(o.dtype)) for n, o in zip(names, outs)
+            ]
+        else:
+            out_specs = [TensorSpec(_OUTPUT_NAME, None, "float32")]
+        return [TensorSpec(_INPUT_NAME, in_shape, "float32")], out_specs
+
+    def _run_impl(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        x = torch.from_numpy(np.ascontiguousarray(inputs[_INPUT_NAME])).to(self._target)
+        with torch.inference_mode():
+            out = self._model(x)
+        # a wrong output count is reported by the base class's result check
+        return [o.detach().cpu().numpy() for o in _as_list(out)]
+
+    def synchronize(self) -> None:
+        """Wait for queued CUDA work (no-op on CPU)."""
+        if self._target.type == "cuda":
+            torch.cuda.synchronize(self._target)
+
+    def _close_impl(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self._prev_threads)
+        del self._model
+
+
+def _tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [*model.parameters(), *model.buffers()]
+
+
+def _as_list(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
+        return list(out)
+    raise SessionError(
+        f"runtime 'torch': the model returned {type(out).__name__}; expected a tensor or a tuple of tensors"
+    )
+
+
+def _output_names(n: int) -> list[str]:
+    return [_OUTPUT_NAME] if n == 1 else [f"output_{i}" for i in range(n)]
+
+
+def _np_dtype(dtype: torch.dtype) -> str:
+    return torch.empty((), dtype=dtype).numpy().dtype.name

@@ -1,0 +1,299 @@
+"""The runner: resolves teacher and data, runs the stages in order, caches, records, gates.
+
+For every stage it computes a content key from the previous key and the
+stage's config (the first key covers the code version, seed, teacher config
+and checkpoint bytes, and the data). A stage whose ``result.json`` carries the
+same key, and whose saved model and artifacts still match their hashes, is
+skipped and its outputs reloaded. Otherwise it runs; its training loop
+resumes from its own per-epoch checkpoint if a previous attempt was killed.
+``result.json`` is written last (atomically), so it marks a finished stage.
+The runner never branches on a stage's name.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from compress import __version__
+from compress._utils.io import atomic_write_json, atomic_write_text, read_json, sha256_file, sha256_json
+from compress._utils.lock import run_lock
+from compress._utils.progress import Reporter
+from compress.config.api import LoadedPipeline, dump_config
+from compress.data import SOURCES, data_fingerprint, load_or_make_splits
+from compress.errors import BadInputError, CheckpointError, CompressError, StageError
+from compress.models import build_model, load_model, save_model
+from compress.models.registry import load_checkpoint_file, load_state_dict_checked
+from compress.models.stats import count_macs, count_params
+from compress.stages.base import STAGES, Artifact, StageContext, StageResult
+from compress.train import evaluate
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class RunOutcome:
+    """What a finished run reports.
+
+    Attributes:
+        run_dir: The run directory.
+        exit_code: 0 all gates passed, 1 a gate failed.
+        gates: Gate results (dicts with name, passed, measured, budget, message).
+        manifest: The manifest as written.
+    """
+
+    run_dir: Path
+    exit_code: int
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _model_metrics(model: torch.nn.Module, data: Any, eval_bs: int) -> dict[str, Any]:
+    example = data.tensors("val")[0][:2]
+    out: dict[str, Any] = {
+        "params": count_params(model),
+        "macs": count_macs(model, example),
+        "val_accuracy": evaluate(model, data, "val", batch_size=eval_bs)["accuracy"],
+        "test_accuracy": evaluate(model, data, "test", batch_size=eval_bs)["accuracy"],
+    }
+    return out
+
+
+def _load_teacher(loaded: LoadedPipeline) -> torch.nn.Module:
+    t = loaded.config.teacher
+    try:
+        model = build_model(t.family, dict(t.config))
+    except TypeError as e:
+        raise BadInputError(f"{loaded.where(('teacher', 'config'))}: {e}; see the family's builder arguments") from None
+    if t.checkpoint is not None:
+        obj = load_checkpoint_file(t.checkpoint)
+        if isinstance(obj, dict) and obj.get("format") == "compress-model/1":
+            model = load_model(t.checkpoint)
+        else:
+            try:
+                load_state_dict_checked(model, obj, source=str(t.checkpoint))
+            except CheckpointError as e:
+                raise CheckpointError(f"{loaded.where(('teacher', 'checkpoint'))}: {e}") from None
+    model.eval()
+    return model
+
+
+def _artifact_ok(run_dir: Path, rec: dict[str, Any]) -> bool:
+    p = run_dir / rec["path"]
+    return p.is_file() and sha256_file(p) == rec.get("sha256")
+
+
+def run_pipeline(
+    loaded: LoadedPipeline,
+    *,
+    run_dir: Path | None = None,
+    fresh: bool = False,
+    reporter: Reporter | None = None,
+) -> RunOutcome:
+    """Run a loaded pipeline end to end and gate it.
+
+    Args:
+        loaded: From ``compress.config.load_config``.
+        run_dir: Output folder; default ``runs/<name>``.
+        fresh: Ignore cached stage results.
+        reporter: Progress output (default: bars on stderr).
+
+    Returns:
+        The outcome; ``exit_code`` 0 when every gate passed, 1 otherwise.
+
+    Raises:
+        BadInputError: A problem with the inputs found at run time (exit 2).
+        StageError: A stage failed (exit 3).
+    """
+    from compress.report import evaluate_gates, write_reports
+
+    cfg = loaded.config
+    reporter = reporter or Reporter()
+    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / cfg.name
+    t_start = time.perf_counter()
+    with run_lock(run_dir):
+        atomic_write_text(run_dir / "pipeline.yaml", yaml.safe_dump(dump_config(cfg), sort_keys=False))
+        torch.manual_seed(cfg.seed)
+        data = SOURCES.get(cfg.data.source)()
+        split_hash = load_or_make_splits(
+            data,
+            run_dir / "data" / "splits.json",
+            val_fraction=cfg.data.val_fraction,
+            test_fraction=cfg.data.test_fraction,
+            seed=cfg.seed,
+        )
+        teacher = _load_teacher(loaded)
+        ck = cfg.teacher.checkpoint
+        inputs = {
+            "compress_version": __version__,
+            "seed": cfg.seed,
+            "teacher": cfg.teacher.model_dump(mode="json", exclude={"checkpoint"}),
+            "teacher_checkpoint_sha256": sha256_file(ck) if ck else None,
+            "data": cfg.data.model_dump(mode="json"),
+            "data_sha256": data_fingerprint(data),
+            "splits_sha256": split_hash,
+        }
+        key = sha256_json(inputs)
+        manifest: dict[str, Any] = {
+            "manifest_version": MANIFEST_VERSION,
+            "name": cfg.name,
+            "pipeline_file": str(loaded.path),
+            "versions": {
+                "compress": __version__,
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "platform": platform.platform(),
+            },
+            "seed": cfg.seed,
+            "inputs": inputs,
+            "stages": [],
+            "artifacts": {},
+        }
+        eval_bs = cfg.data.eval_batch_size
+        manifest["teacher"] = {"initial": _model_metrics(teacher, data, eval_bs)}
+        model = copy.deepcopy(teacher)
+        artifacts: dict[str, Artifact] = {}
+        history: dict[str, dict[str, Any]] = {}
+        atomic_write_json(run_dir / "manifest.json", manifest)
+        for i, entry in enumerate(cfg.stages):
+            kind = entry.kind
+            stage_cls = STAGES.get(kind)
+            sid = f"{i + 1:02d}-{kind}"
+            sdir = run_dir / "stages" / sid
+            sdir.mkdir(parents=True, exist_ok=True)
+            key = sha256_json({"prev": key, "kind": kind, "config": entry.config.model_dump(mode="json")})
+            done_path = sdir / "result.json"
+            t0 = time.perf_counter()
+            record: dict[str, Any] | None = None
+            if not fresh and done_path.is_file():
+                try:
+                    prev = read_json(done_path)
+                except (OSError, ValueError):
+                    prev = None
+                if (
+                    prev
+                    and prev.get("key") == key
+                    and all(_artifact_ok(run_dir, a) for a in prev.get("artifacts", []))
+                    and all(
+                        (sdir / f).is_file() and sha256_file(sdir / f) == h for f, h in prev.get("files", {}).items()
+                    )
+                ):
+                    record = prev
+            if record is not None:
+                if "model.pt" in record["files"]:
+                    model = load_model(sdir / "model.pt")
+                if "teacher.pt" in record["files"]:
+                    teacher = load_model(sdir / "teacher.pt")
+                status = "cached"
+            else:
+                done_path.unlink(missing_ok=True)
+                ctx = StageContext(
+                    run_dir=run_dir,
+                    stage_dir=sdir,
+                    artifacts_dir=run_dir / "artifacts",
+                    index=i,
+                    yaml_path=f"stages[{i}].{kind}",
+                    pipeline=cfg,
+                    data=data,
+                    teacher=teacher,
+                    model=model,
+                    artifacts=dict(artifacts),
+                    history=dict(history),
+                    targets=loaded.targets,
+                    seed=cfg.seed * 1000 + i,
+                    reporter=reporter,
+                )
+                try:
+                    result: StageResult = stage_cls().run(ctx, entry.config)
+                except StageError:
+                    raise
+                except BadInputError as e:
+                    raise type(e)(f"stage '{kind}' ({ctx.yaml_path}): {e}") from e
+                except CompressError as e:
+                    raise StageError(str(e), stage=kind, yaml_path=ctx.yaml_path) from e
+                except (KeyboardInterrupt, MemoryError):
+                    raise
+                except Exception as e:
+                    raise StageError(f"{type(e).__name__}: {e}", stage=kind, yaml_path=ctx.yaml_path) from e
+                files: dict[str, str] = {}
+                if result.model is not None:
+                    model = result.model
+                    save_model(model, sdir / "model.pt")
+                    files["model.pt"] = sha256_file(sdir / "model.pt")
+                if result.teacher is not None:
+                    teacher = result.teacher
+                    teacher.eval()
+                    save_model(teacher, sdir / "teacher.pt")
+                    files["teacher.pt"] = sha256_file(sdir / "teacher.pt")
+                arts = []
+                for a in result.artifacts:
+                    p = run_dir / a.path
+                    arts.append({**a.to_dict(), "sha256": sha256_file(p), "size_bytes": p.stat().st_size})
+                metrics = dict(result.metrics)
+                if result.model is not None:
+                    metrics["model"] = _model_metrics(model, data, eval_bs)
+                record = {
+                    "key": key,
+                    "kind": kind,
+                    "config": entry.config.model_dump(mode="json"),
+                    "metrics": metrics,
+                    "artifacts": arts,
+                    "files": files,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+                atomic_write_json(done_path, record)
+                status = "ran"
+            for a in record["artifacts"]:
+                artifacts[a["name"]] = Artifact.from_dict(a)
+                manifest["artifacts"][a["name"]] = {k: a[k] for k in ("path", "sha256", "size_bytes", "format", "precision")}
+            history[sid] = record["metrics"]
+            manifest["stages"].append(
+                {
+                    "id": sid,
+                    "kind": kind,
+                    "status": status,
+                    "key": key,
+                    "seconds": record["seconds"],
+                    "files": record["files"],
+                    "metrics": record["metrics"],
+                    "artifacts": [a["name"] for a in record["artifacts"]],
+                }
+            )
+            atomic_write_json(run_dir / "manifest.json", manifest)
+            reporter.line(_summary_line(i, len(cfg.stages), sid, status, record))
+        manifest["teacher"]["final"] = _model_metrics(teacher, data, eval_bs)
+        gates = evaluate_gates(cfg.gates, manifest)
+        manifest["gates"] = gates
+        manifest["verdict"] = "pass" if all(g["passed"] for g in gates) else "fail"
+        manifest["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+        atomic_write_json(run_dir / "manifest.json", manifest)
+        write_reports(run_dir, manifest)
+        exit_code = 0 if manifest["verdict"] == "pass" else 1
+        return RunOutcome(run_dir=run_dir, exit_code=exit_code, gates=gates, manifest=manifest)
+
+
+def _summary_line(i: int, n: int, sid: str, status: str, record: dict[str, Any]) -> str:
+    m = record["metrics"].get("model", {})
+    parts = [f"[{i + 1}/{n}] {sid:<12} {status:<6} {record['seconds']:7.1f}s"]
+    if "val_accuracy" in m:
+        parts.append(f"val acc {m['val_accuracy']:.4f}")
+    if "params" in m:
+        parts.append(f"params {m['params']:,}")
+    if "macs" in m:
+        parts.append(f"MACs {m['macs']:,}")
+    if record["artifacts"]:
+        parts.append("artifacts " + ", ".join(a["name"] for a in record["artifacts"]))
+    return "  ".join(parts)
+
+
+def python_info() -> str:
+    """Interpreter line for reports."""
+    return sys.version.split()[0]

@@ -1,0 +1,333 @@
+"""``validate``: measure the teacher and every exported artifact on each deploy target.
+
+For each target named in ``targets:`` (``deploy/<name>.yaml``), in one process,
+with one runtime and the same shapes for every model:
+
+* the teacher runs on the target's runtime too (exported to FP32 ONNX into the
+  stage folder for ONNX-based runtimes, as the module for ``torch``), so
+  accuracy drop, agreement and speed-up compare like with like;
+* every artifact of a format the runtime loads is measured: accuracy and top-1
+  agreement with the teacher's predictions on the whole ``split`` (batched at the
+  largest timed batch size), file size, host memory around loading and one
+  largest batch (``compress.bench.measure_memory``), and latency per batch size
+  (``compress.bench.measure_latency``, inputs drawn from the split and rotated).
+
+A target whose runtime cannot run on this machine (no GPU, package or provider
+missing) is recorded with ``ran: false`` and the reason instead of failing the
+run; the gates then fail closed. A target whose release artifact was not
+produced gets ``release_missing``. A model that fails to load or run is recorded
+with ``error`` and the other models are still measured.
+
+Metrics (read by the gates and the report)::
+
+    {"split": "test",
+     "targets": {"cpu-ort": {
+        "ran": true, "reason": null, "runtime": "onnxruntime", "device": "cpu", "threads": 2,
+        "release_artifact": "onnx-int8-u8",            # + "release_missing": "<why>" when absent
+        "models": {"teacher": {"accuracy": 0.97, "agreement": 1.0, "size_mb": 0.41,
+                               "memory": {"rss_delta_mb": .., "peak_rss_mb": ..},
+                               "latency": {"1": {"p50_ms": .., ...}, "32": {...}},
+                               "path": "stages/05-validate/teacher.fp32.onnx", "precision": "fp32"},
+                   "onnx-fp32": {...}, "onnx-int8-u8": {...}}}}}
+
+Example (pipeline YAML)::
+
+    - validate:
+        targets: [cpu-ort]
+        split: test
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+
+from compress._utils.registry import did_you_mean
+from compress.bench import measure_latency, measure_memory
+from compress.errors import BadInputError, CompressError, ConfigError, UnknownNameError
+from compress.export import export_onnx
+from compress.runtime import RUNTIMES, Session
+from compress.stages.base import Stage, StageConfig, StageContext, StageResult, register_stage
+
+TEACHER = "teacher"
+TEACHER_ONNX = "teacher.fp32.onnx"
+_MB = 1e6
+
+
+class ValidateStageConfig(StageConfig):
+    """Which deploy targets to measure on, on which split, and optional timing overrides."""
+
+    targets: list[str] = Field(
+        min_length=1, description="Deploy target names (deploy/<name>.yaml) to validate on, e.g. [cpu-ort]."
+    )
+    split: Literal["test", "val"] = Field("test", description="Data split for accuracy and agreement.")
+    batch_sizes: list[int] | None = Field(
+        None, min_length=1, description="Batch sizes to time, overriding every target's batch_sizes."
+    )
+    iterations: int | None = Field(None, ge=1, description="Timed runs per batch size, overriding the targets'.")
+    warmup: int | None = Field(None, ge=0, description="Untimed runs before timing, overriding the targets'.")
+
+    @field_validator("targets")
+    @classmethod
+    def _distinct_targets(cls, v: list[str]) -> list[str]:
+        dupes = sorted({t for t in v if v.count(t) > 1})
+        if dupes:
+            raise ValueError(f"targets are listed more than once: {dupes}; list each target once")
+        return v
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive_batches(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(b < 1 for b in v):
+            raise ValueError(f"batch sizes must be >= 1, got {v}")
+        return v
+
+
+@register_stage
+class ValidateStage(Stage):
+    """Measure teacher and artifacts on deploy targets: accuracy, agreement, size, memory, latency."""
+
+    name = "validate"
+    config_class = ValidateStageConfig
+    requires = frozenset({"export"})
+    max_count = 1
+    description = "Measure teacher and exported artifacts on deploy targets (accuracy, agreement, latency, size)."
+
+    def run(self, ctx: StageContext, cfg: ValidateStageConfig) -> StageResult:
+        """Validate every configured target; see the module docstring for the metrics.
+
+        Raises:
+            ConfigError: A target name is not among the loaded deploy targets.
+        """
+        unknown = [t for t in cfg.targets if t not in ctx.targets]
+        if unknown:
+            known = sorted(ctx.targets)
+            raise ConfigError(
+                [
+                    f"{ctx.yaml_path}.targets: unknown deploy target '{t}'{did_you_mean(t, known)}; "
+                    f"loaded targets: {', '.join(known) or 'none'} (add deploy/{t}.yaml)"
+                    for t in unknown
+                ]
+            )
+        x, y = ctx.data.tensors(cfg.split)
+        split = _Split(np.ascontiguousarray(x.numpy(), dtype=np.float32), y.numpy(), seed=ctx.seed)
+        teacher_sources: dict[str, Any] = {}
+        targets = {
+            name: self._validate_target(ctx, cfg, name, split, teacher_sources) for name in cfg.targets
+        }
+        return StageResult(metrics={"split": cfg.split, "targets": targets})
+
+    # ------------------------------------------------------------------ per target
+
+    def _validate_target(
+        self,
+        ctx: StageContext,
+        cfg: ValidateStageConfig,
+        name: str,
+        split: _Split,
+        teacher_sources: dict[str, Any],
+    ) -> dict[str, Any]:
+        t = ctx.targets[name]
+        out: dict[str, Any] = {
+            "ran": False,
+            "reason": None,
+            "runtime": t.runtime,
+            "device": t.device,
+            "threads": t.threads,
+            "release_artifact": t.artifact,
+            "models": {},
+        }
+        try:
+            runtime = RUNTIMES.get(t.runtime)
+        except UnknownNameError as e:
+            runtime, out["reason"] = None, str(e)
+        if runtime is not None:
+            ok, why = runtime.can_run_here(t.device)
+            if not ok:
+                out["reason"] = why
+
+        release = ctx.artifacts.get(t.artifact)
+        if release is None:
+            produced = ", ".join(sorted(ctx.artifacts)) or "none"
+            out["release_missing"] = (
+                f"artifact '{t.artifact}' of target '{name}' was not produced by any stage "
+                f"(produced: {produced}); add it to the export stage"
+            )
+        elif runtime is not None and release.format not in runtime.formats:
+            out["release_missing"] = (
+                f"artifact '{t.artifact}' has format '{release.format}', which runtime '{t.runtime}' "
+                f"does not load (it loads: {', '.join(sorted(runtime.formats))})"
+            )
+
+        if out["reason"] is not None or runtime is None:
+            ctx.reporter.line(f"  validate {name}: not run here: {out['reason']}")
+            return out
+        out["ran"] = True
+
+        batch_sizes = list(dict.fromkeys(cfg.batch_sizes or t.batch_sizes))
+        timing = {
+            "batch_sizes": batch_sizes,
+            "warmup": t.warmup if cfg.warmup is None else cfg.warmup,
+            "iterations": t.iterations if cfg.iterations is None else cfg.iterations,
+            "repeats": t.repeats,
+        }
+        models: list[tuple[str, Any, str | None, str]] = []  # (name, source, path rel. to run dir, precision)
+        try:
+            tsrc, tpath = self._teacher_source(ctx, runtime, teacher_sources)
+            models.append((TEACHER, tsrc, tpath, "fp32"))
+        except CompressError as e:
+            out["models"][TEACHER] = {"error": str(e)}
+            ctx.reporter.line(f"  validate {name}: teacher: error: {e}")
+        for art in ctx.artifacts.values():
+            if art.format in runtime.formats:
+                models.append((art.name, ctx.run_dir / art.path, art.path, art.precision))
+
+        teacher_preds: np.ndarray | None = None
+        for model_name, source, rel_path, precision in models:
+            try:
+                entry, preds = _measure_model(runtime, source, t.device, t.threads, split, timing)
+            except CompressError as e:
+                out["models"][model_name] = {"error": str(e)}
+                ctx.reporter.line(f"  validate {name}: {model_name}: error: {e}")
+                continue
+            if model_name == TEACHER:
+                teacher_preds = preds
+            entry["agreement"] = None if teacher_preds is None else float(np.mean(preds == teacher_preds))
+            entry["size_mb"] = _size_mb(source)
+            entry["path"] = rel_path
+            entry["precision"] = precision
+            out["models"][model_name] = _ordered(entry)
+            big = str(max(batch_sizes))
+            agreement = "n/a" if entry["agreement"] is None else f"{entry['agreement']:.4f}"
+            ctx.reporter.line(
+                f"  validate {name}: {model_name:<14} accuracy {entry['accuracy']:.4f}  agreement {agreement}  "
+                f"p95@{big} {entry['latency'][big]['p95_ms']:.3f} ms  {entry['size_mb']:.3f} MB"
+            )
+        return out
+
+    def _teacher_source(
+        self, ctx: StageContext, runtime: type[Session], cache: dict[str, Any]
+    ) -> tuple[Any, str | None]:
+        """The teacher in a form ``runtime`` loads: the module (torch) or an FP32 ONNX file."""
+        if "torch" in runtime.formats:
+            return ctx.teacher, None
+        if "onnx" in runtime.formats:
+            if "onnx" not in cache:
+                path = export_onnx(ctx.teacher, ctx.stage_dir / TEACHER_ONNX, ctx.example_inputs(2))
+                cache["onnx"] = path
+            path = cache["onnx"]
+            return path, _relative(path, ctx.run_dir)
+        raise BadInputError(
+            f"runtime '{runtime.name}' loads only {sorted(runtime.formats)}; compress cannot build the teacher in "
+            "that format, so agreement and accuracy drop cannot be measured on this target"
+        )
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+class _Split:
+    """The evaluation split as NumPy arrays, plus seeded batch drawing for timing."""
+
+    def __init__(self, inputs: np.ndarray, labels: np.ndarray, *, seed: int) -> None:
+        self.inputs = inputs
+        self.labels = labels
+        self.seed = seed
+
+    def rows(self, batch: int) -> np.ndarray:
+        """The first ``batch`` rows (cycled when the split is smaller)."""
+        return self.inputs[np.arange(batch) % len(self.inputs)]
+
+    def sampler(self, input_name: str) -> Callable[[int], dict[str, np.ndarray]]:
+        """A ``make_inputs`` for ``measure_latency``: random rows, same sequence for every model."""
+        rng = np.random.default_rng(self.seed)
+        n = len(self.inputs)
+
+        def make_inputs(batch: int) -> dict[str, np.ndarray]:
+            return {input_name: self.inputs[rng.choice(n, size=batch, replace=batch > n)]}
+
+        return make_inputs
+
+
+def _measure_model(
+    runtime: type[Session],
+    source: Any,
+    device: str,
+    threads: int | None,
+    split: _Split,
+    timing: dict[str, Any],
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Load one model and measure memory, accuracy and latency; return metrics and predictions."""
+    largest = max(timing["batch_sizes"])
+    holder: list[Session] = []
+
+    def load_and_run_largest() -> None:
+        sess = runtime.load(source, device=device, threads=threads)
+        holder.append(sess)
+        sess.run({_single_input(sess): split.rows(largest)})
+        sess.synchronize()
+
+    try:
+        memory = measure_memory(load_and_run_largest)
+    except BaseException:
+        for loaded in holder:
+            loaded.close()
+        raise
+    sess = holder[0]
+    try:
+        input_name = _single_input(sess)
+        logits = [
+            sess.run({input_name: split.inputs[i : i + largest]})[0] for i in range(0, len(split.inputs), largest)
+        ]
+        preds = np.concatenate(logits).argmax(axis=-1)
+        stats = measure_latency(
+            sess,
+            split.sampler(input_name),
+            batch_sizes=timing["batch_sizes"],
+            warmup=timing["warmup"],
+            iterations=timing["iterations"],
+            repeats=timing["repeats"],
+        )
+    finally:
+        sess.close()
+    entry = {
+        "accuracy": float(np.mean(preds == split.labels)),
+        "memory": memory,
+        "latency": {str(b): s.to_dict() for b, s in stats.items()},
+    }
+    return entry, preds
+
+
+def _single_input(sess: Session) -> str:
+    if len(sess.inputs) != 1:
+        raise BadInputError(
+            f"{sess.source} has {len(sess.inputs)} inputs ({[s.name for s in sess.inputs]}); "
+            "validate feeds one image tensor and needs exactly one input"
+        )
+    return sess.inputs[0].name
+
+
+def _size_mb(source: Any) -> float:
+    """File size in MB (10^6 bytes); for an in-memory module, the bytes of its parameters and buffers."""
+    if isinstance(source, torch.nn.Module):
+        return sum(t.numel() * t.element_size() for t in (*source.parameters(), *source.buffers())) / _MB
+    return os.path.getsize(source) / _MB
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _ordered(entry: dict[str, Any]) -> dict[str, Any]:
+    keys = ("accuracy", "agreement", "size_mb", "memory", "latency", "path", "precision")
+    return {k: entry[k] for k in keys if k in entry} | {k: v for k, v in entry.items() if k not in keys}
+

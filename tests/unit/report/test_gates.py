@@ -1,0 +1,97 @@
+"""Gates fail closed: pass, fail, missing metric, target that did not run, missing release artifact."""
+
+from __future__ import annotations
+
+from xml.etree import ElementTree as ET
+
+from compress.config.schema import GatesConfig
+from compress.report import evaluate_gates, junit_xml, render_markdown
+
+
+def manifest(ran=True, rel_acc=0.95, teacher_acc=0.97, p95=3.0, size=0.2, release="onnx-int8-u8", with_batch=True):
+    lat = {"32": {"p50_ms": 2.0, "p95_ms": p95, "p99_ms": 4.0, "throughput_per_s": 16000.0}} if with_batch else {}
+    target = {
+        "ran": ran,
+        "reason": None if ran else "needs CUDA",
+        "release_artifact": release,
+        "models": {
+            "teacher": {"accuracy": teacher_acc, "agreement": 1.0, "size_mb": 0.5, "latency": lat},
+            "onnx-int8-u8": {"accuracy": rel_acc, "agreement": 0.96, "size_mb": size, "latency": lat},
+        },
+    }
+    return {"name": "t", "stages": [{"id": "06-validate", "kind": "validate", "status": "ran", "seconds": 1.0, "metrics": {"split": "test", "targets": {"cpu-ort": target}}}]}
+
+
+def gates(**kw):
+    return GatesConfig.model_validate(kw)
+
+
+def by_name(results):
+    return {r["name"]: r for r in results}
+
+
+def test_all_pass():
+    g = gates(accuracy={"max_drop": 0.03}, agreement={"min": 0.9}, size={"max_mb": 1}, latency={"cpu-ort": {"batch": 32, "p95_ms": 5, "min_throughput": 1000}})
+    res = by_name(evaluate_gates(g, manifest()))
+    assert all(r["passed"] for r in res.values())
+    assert res["accuracy[cpu-ort]"]["measured"] == round(0.97 - 0.95, 6)
+    assert set(res) == {"accuracy[cpu-ort]", "agreement[cpu-ort]", "size[cpu-ort]", "latency[cpu-ort]@32.p95_ms", "latency[cpu-ort]@32.min_throughput"}
+
+
+def test_accuracy_drop_fails_and_relative():
+    assert not evaluate_gates(gates(accuracy={"max_drop": 0.01}), manifest())[0]["passed"]
+    # relative: 0.02 / 0.97 = 0.0206 > 0.02
+    assert not evaluate_gates(gates(accuracy={"max_drop": 0.02, "relative": True}), manifest())[0]["passed"]
+    assert evaluate_gates(gates(accuracy={"max_drop": 0.021, "relative": True}), manifest())[0]["passed"]
+
+
+def test_latency_over_budget_fails():
+    r = evaluate_gates(gates(latency={"cpu-ort": {"batch": 32, "p95_ms": 2.5}}), manifest(p95=3.0))[0]
+    assert not r["passed"] and r["measured"] == 3.0 and "3.000 ms > 2.5 ms" in r["message"]
+
+
+def test_target_that_did_not_run_fails_closed():
+    res = evaluate_gates(gates(accuracy={"max_drop": 0.5}, latency={"cpu-ort": {"batch": 32, "p95_ms": 100}}), manifest(ran=False))
+    assert res and not any(r["passed"] for r in res)
+    assert all("did not run: needs CUDA" in r["message"] for r in res)
+
+
+def test_missing_metric_fails_closed():
+    res = evaluate_gates(gates(latency={"cpu-ort": {"batch": 32, "p95_ms": 100}}), manifest(with_batch=False))
+    assert not res[0]["passed"] and "batch 32 was not measured" in res[0]["message"]
+
+
+def test_missing_release_artifact_fails_closed():
+    res = evaluate_gates(gates(size={"max_mb": 100}), manifest(release="onnx-int8"))
+    assert not res[0]["passed"] and "'onnx-int8' was not measured" in res[0]["message"]
+
+
+def test_no_validation_at_all_fails_closed():
+    res = evaluate_gates(gates(accuracy={"max_drop": 0.5}), {"stages": []})
+    assert len(res) == 1 and not res[0]["passed"] and "no validate stage" in res[0]["message"]
+
+
+def test_unvalidated_latency_target_fails():
+    res = evaluate_gates(gates(latency={"h100-trt-int8": {"batch": 32, "p95_ms": 1}}), manifest())
+    assert not res[0]["passed"] and "was not validated" in res[0]["message"]
+
+
+def test_junit_one_testcase_per_gate_with_value():
+    res = evaluate_gates(gates(accuracy={"max_drop": 0.01}, size={"max_mb": 1}), manifest())
+    root = ET.fromstring(junit_xml("t", res))
+    cases = root.findall(".//testcase")
+    assert [c.get("name") for c in cases] == ["accuracy[cpu-ort]", "size[cpu-ort]"]
+    fail = cases[0].find("failure")
+    assert fail is not None and "drop 0.0200 > 0.01" in fail.get("message")
+    assert cases[1].find("failure") is None
+    assert root.get("failures") == "1"
+
+
+def test_markdown_report_shows_verdict_and_tables():
+    m = manifest()
+    m["gates"] = evaluate_gates(gates(size={"max_mb": 0.1}), m)
+    m["verdict"] = "fail"
+    text = render_markdown(m)
+    assert "**Verdict: FAIL**: 0 of 1 gates passed." in text
+    assert "| size[cpu-ort] | FAIL |" in text
+    assert "## Target `cpu-ort`" in text and "| onnx-int8-u8 | 0.9500 |" in text
