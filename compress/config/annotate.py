@@ -46,6 +46,11 @@ def _emit(model: BaseModel, indent: int, out: list[str]) -> None:
         if isinstance(value, BaseModel):
             out.append(f"{pad}{name}:  {comment}")
             _emit(value, indent + 1, out)
+        elif isinstance(value, dict) and value and all(isinstance(v, BaseModel) for v in value.values()):
+            out.append(f"{pad}{name}:  {comment}")
+            for key, sub in value.items():
+                out.append(f"{pad}  {key}:")
+                _emit(sub, indent + 2, out)
         elif name == "stages" and isinstance(value, list):
             out.append(f"{pad}{name}:  {comment}")
             for entry in value:

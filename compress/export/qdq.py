@@ -83,9 +83,13 @@ def export_onnx_qdq(
     from compress.quant import is_quantized, onnx_export_mode
 
     if flavour not in _ACTIVATION_DTYPE:
-        raise ExportError(f"unknown Q/DQ flavour '{flavour}'; expected one of: {', '.join(_ACTIVATION_DTYPE)}")
+        raise ExportError(
+            f"unknown Q/DQ flavour '{flavour}'; expected one of: {', '.join(_ACTIVATION_DTYPE)}"
+        )
     if opset < _MIN_OPSET:
-        raise ExportError(f"INT8 Q/DQ export needs opset >= {_MIN_OPSET} (per-channel DequantizeLinear), got {opset}")
+        raise ExportError(
+            f"INT8 Q/DQ export needs opset >= {_MIN_OPSET} (per-channel DequantizeLinear), got {opset}"
+        )
     if not is_quantized(model):
         raise ExportError(
             f"{type(model).__name__} has no fake quantizers; INT8 export needs a QAT model "
@@ -113,7 +117,9 @@ def export_onnx_qdq(
     except ValueError as e:
         raise ExportError(f"INT8 export of {type(model).__name__}: {e}") from e
     except Exception as e:
-        raise ExportError(f"INT8 ONNX export of {type(model).__name__} failed: {type(e).__name__}: {e}") from e
+        raise ExportError(
+            f"INT8 ONNX export of {type(model).__name__} failed: {type(e).__name__}: {e}"
+        ) from e
     finally:
         model.train(was)
     proto = onnx.load_from_string(buf.getvalue())
@@ -139,7 +145,8 @@ def qdq_summary(model: Any) -> dict[str, Any]:
         ``weight_axes`` (their ``axis`` by consumer op, e.g. ``{"MatMul": [1], "Gemm": [0]}``),
         ``activations`` (QuantizeLinear nodes), ``activation_zero_points``
         (sorted distinct ``(dtype, value)`` of their zero points),
-        ``weight_zero_points_all_zero`` and ``float_weight_initializers`` (float
+        ``weight_code_range`` (smallest and largest INT8 weight code: within [-64, 63] for
+        7-bit weights), ``weight_zero_points_all_zero`` and ``float_weight_initializers`` (float
         initializers of rank >= 2 feeding MatMul/Gemm directly: unquantized weights).
     """
     import onnx
@@ -153,12 +160,19 @@ def qdq_summary(model: Any) -> dict[str, Any]:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     weights = 0
+    code_lo, code_hi = 0, 0
     weight_axes: dict[str, set[int]] = {}
     wzp_zero = True
     act_zp: set[tuple[str, int]] = set()
     for n in g.node:
-        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8:
+        if (
+            n.op_type == "DequantizeLinear"
+            and n.input[0] in inits
+            and inits[n.input[0]].data_type == onnx.TensorProto.INT8
+        ):
             weights += 1
+            codes = numpy_helper.to_array(inits[n.input[0]])
+            code_lo, code_hi = min(code_lo, int(codes.min())), max(code_hi, int(codes.max()))
             axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
             if len(n.input) > 2 and n.input[2] in inits:
                 wzp_zero = wzp_zero and not numpy_helper.to_array(inits[n.input[2]]).any()
@@ -178,6 +192,7 @@ def qdq_summary(model: Any) -> dict[str, Any]:
         "weights": weights,
         "weight_axes": {k: sorted(v) for k, v in sorted(weight_axes.items())},
         "weight_zero_points_all_zero": wzp_zero,
+        "weight_code_range": [code_lo, code_hi],
         "activations": sum(1 for n in g.node if n.op_type == "QuantizeLinear"),
         "activation_zero_points": sorted(act_zp),
         "float_weight_initializers": float_weights,
@@ -197,7 +212,12 @@ def _constants_to_initializers(proto: Any) -> None:
             fed.update(n.input[1:] if n.op_type != "DequantizeLinear" else n.input)
     keep = []
     for n in g.node:
-        if n.op_type == "Constant" and n.output[0] in fed and len(n.attribute) == 1 and n.attribute[0].name == "value":
+        if (
+            n.op_type == "Constant"
+            and n.output[0] in fed
+            and len(n.attribute) == 1
+            and n.attribute[0].name == "value"
+        ):
             t = n.attribute[0].t
             t.name = n.output[0]
             g.initializer.append(t)

@@ -11,7 +11,8 @@ This module sorts its groups into *units*:
   LayerNorm or free parameter in it (an FFN's hidden neurons).
 
 Every other group (the residual stream: patch embedding, output projections,
-``fc2`` outputs, norms, positions) is never pruned in this form. A *plan* maps
+``fc2`` outputs, norms, positions) is never pruned in this form. Each unit is
+priced in MACs per head or neuron from one counted forward pass. A *plan* maps
 unit names to how many heads or neurons to remove; ``make_pruner`` turns it
 into a torch-pruning ``BasePruner`` with per-layer ratios chosen so that its
 rounding removes exactly those counts.
@@ -20,7 +21,6 @@ rounding removes exactly those counts.
 from __future__ import annotations
 
 import contextlib
-import copy
 import fnmatch
 import warnings
 from collections.abc import Iterator
@@ -36,10 +36,10 @@ ALWAYS_IGNORED = ("patch_embed", "head")
 """Module names never pruned whatever the config says (input embedding and classifier)."""
 
 _ENABLE_RATIO = 1e-6
-"""Smallest width ratio: torch-pruning only prunes heads inside a scope whose width ratio is > 0."""
+"""A width ratio > 0 for attention scopes: torch-pruning removes heads only in such a scope."""
 
 
-class Infeasible(Exception):
+class InfeasiblePlanError(Exception):
     """A pruning plan would leave a layer below its minimum width."""
 
     def __init__(self, layer: str, remaining: int, minimum: int) -> None:
@@ -56,12 +56,18 @@ class Unit:
         name: Attention module name for heads; the group's producing Linear for ffn.
         size: Current heads or neurons.
         min_size: Fewest that must stay (1 head; ``round_to or 1`` neurons).
+        cost: MACs per example that one head or neuron costs (exact: with the residual
+            width fixed, every MAC of the unit's layers scales linearly with its width).
+        scores: Importance of each head or neuron, normalised within the unit
+            (filled only for global ranking).
     """
 
     kind: Literal["heads", "ffn"]
     name: str
     size: int
     min_size: int
+    cost: float
+    scores: tuple[float, ...] = ()
 
     @property
     def removable(self) -> int:
@@ -71,15 +77,17 @@ class Unit:
 
 @dataclass
 class Layout:
-    """The prunable units of a model, and the layers excluded from pruning.
+    """The prunable units of a model, its cost, and the layers excluded from pruning.
 
     Attributes:
         units: Prunable units, in graph order.
+        macs: MACs per example of the model now.
         ignored: Module names excluded by the config or always.
         blocked: Producing Linear layers of groups this form never prunes (residual stream).
     """
 
     units: list[Unit] = field(default_factory=list)
+    macs: int = 0
     ignored: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
 
@@ -135,17 +143,62 @@ def _expand(model: nn.Module, names: list[str]) -> list[nn.Module]:
     return out
 
 
-def find_layout(model: nn.Module, example_inputs: torch.Tensor, ignored: list[str], *, round_to: int | None) -> Layout:
-    """Sort the dependency graph's groups of ``model`` into prunable units."""
+@torch.no_grad()
+def module_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, dict[str, float]]:
+    """MACs per example of the whole model and of every module (by name), one forward pass.
+
+    Same counter as ``compress.models.stats.count_macs`` (``torch.utils.flop_counter``).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(example_inputs)
+    model.train(was)
+    batch = max(1, example_inputs.shape[0])
+    root = type(model).__name__
+    per: dict[str, float] = {}
+    for key, ops in counter.get_flop_counts().items():
+        if key == root or key.startswith(root + "."):
+            per[key[len(root) + 1 :]] = sum(ops.values()) / 2 / batch
+    return int(counter.get_total_flops() // 2 // batch), per
+
+
+def find_layout(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    ignored: list[str],
+    *,
+    round_to: int | None,
+    importance: Any = None,
+) -> Layout:
+    """Sort the dependency graph's groups of ``model`` into prunable units and price them.
+
+    Args:
+        model: The model (its ``.grad`` must be set when ``importance`` reads gradients).
+        example_inputs: Tracing inputs.
+        ignored: Module names never pruned.
+        round_to: FFN widths stay multiples of this; the minimum FFN width.
+        importance: When given, each unit's per-head / per-neuron scores are filled.
+    """
     import torch_pruning as tp
 
     attn = attention_modules(model)
     qkv_owner = {id(getattr(a, x)): name for name, a in attn.items() for x in ("q", "k", "v")}
     name_of = {id(m): n for n, m in model.named_modules()}
+    total, per = module_macs(model, example_inputs[:1])
     with _quiet(), torch.enable_grad():
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    layout = Layout(ignored=list(ignored))
-    for group in dg.get_all_groups(ignored_layers=_expand(model, ignored), root_module_types=[nn.Linear]):
+    layout = Layout(macs=total, ignored=list(ignored))
+    kept = _expand(model, ignored)
+    kept_ids = {id(m) for m in kept}
+    for group in dg.get_all_groups(ignored_layers=kept, root_module_types=[nn.Linear]):
+        # torch-pruning skips a group only when an ignored layer produces it; an ignored
+        # consumer (e.g. an attention's output projection) must keep its inputs too.
+        if any(id(dep.target.module) in kept_ids for dep, _ in group):
+            continue
         outs = [
             dep.target.module
             for dep, _ in group
@@ -156,20 +209,44 @@ def find_layout(model: nn.Module, example_inputs: torch.Tensor, ignored: list[st
             for dep, _ in group
         )
         owners = {qkv_owner[id(m)] for m in outs if id(m) in qkv_owner}
+        unit: Unit | None = None
         if owners and not residual and len(owners) == 1:
-            name = owners.pop()
+            name = next(iter(owners))
             a = attn[name]
             if all(any(m is getattr(a, x) for m in outs) for x in ("q", "k", "v")):
-                layout.units.append(Unit("heads", name, a.num_heads, 1))
-                continue
+                # q/k/v/o and both attention matmuls all scale with the head count.
+                unit = Unit("heads", name, a.num_heads, 1, per.get(name, 0.0) / a.num_heads)
         elif not owners and not residual and len(outs) == 1:
             root = outs[0]
+            cost = 0.0
+            seen: set[int] = set()
+            for dep, _ in group:
+                m = dep.target.module
+                if isinstance(m, nn.Linear) and id(m) not in seen:
+                    seen.add(id(m))
+                    width = m.out_features if dg.is_out_channel_pruning_fn(dep.handler) else m.in_features
+                    cost += per.get(name_of[id(m)], 0.0) / width
             minimum = min(round_to or 1, root.out_features)
-            layout.units.append(Unit("ffn", name_of[id(root)], root.out_features, minimum))
+            unit = Unit("ffn", name_of[id(root)], root.out_features, minimum, cost)
+        if unit is None:
+            layout.blocked.extend(name_of[id(m)] for m in outs if id(m) in name_of)
             continue
-        layout.blocked.extend(name_of[id(m)] for m in outs if id(m) in name_of)
+        if importance is not None:
+            unit = _with_scores(unit, group, importance)
+        layout.units.append(unit)
     layout.blocked = sorted(set(layout.blocked))
     return layout
+
+
+def _with_scores(unit: Unit, group: Any, importance: Any) -> Unit:
+    imp = importance(group)
+    if imp is None:  # no parameterised layer in the group: nothing to rank by
+        imp = torch.ones(unit.size)
+    imp = imp.detach().float().cpu()
+    if unit.kind == "heads":
+        # A head's score is the mean of its channels' scores, as in torch-pruning.
+        imp = imp.view(unit.size, -1).mean(1)
+    return Unit(unit.kind, unit.name, unit.size, unit.min_size, unit.cost, tuple(imp.tolist()))
 
 
 def make_pruner(
@@ -177,22 +254,19 @@ def make_pruner(
     example_inputs: torch.Tensor,
     importance: Any,
     layout: Layout,
-    *,
-    plan: dict[str, int] | None = None,
-    global_ratios: tuple[float, float] | None = None,
-    round_to: int | None = None,
+    plan: dict[str, int],
 ) -> Any:
-    """A one-step torch-pruning ``BasePruner`` on ``model`` for a plan or for global ratios.
+    """A one-step torch-pruning ``BasePruner`` on ``model`` that removes exactly ``plan``.
+
+    Within each unit torch-pruning removes the lowest-scored heads or neurons; the
+    per-layer ratios are chosen so that its rounding removes exactly the planned counts.
 
     Args:
         model: The model to prune (module names as in ``layout``).
         example_inputs: Tracing inputs.
         importance: A torch-pruning ``Importance``.
-        layout: Units found by ``find_layout`` on a model of the same architecture.
-        plan: Local pruning: unit name -> heads or neurons to remove (exact).
-        global_ratios: Global ranking: ``(head_ratio, width_ratio)`` of all heads and all
-            neurons of the scope, ranked across layers; units absent from ``layout`` are kept.
-        round_to: Keep FFN widths a multiple of this (global ranking only; plans are pre-rounded).
+        layout: Units found by ``find_layout`` on ``model``.
+        plan: Unit name -> heads or neurons to remove.
     """
     import torch_pruning as tp
 
@@ -203,80 +277,55 @@ def make_pruner(
         for x in ("q", "k", "v"):
             num_heads[getattr(a, x)] = a.num_heads
     unit_names = {u.name for u in layout.units}
-    # Attention modules and FFN roots that are not units (blocked by the graph) are kept whole.
-    keep = list(layout.ignored) + list(layout.blocked)
-    keep += [n for n in attn if n not in unit_names and n not in keep]
-    common: dict[str, Any] = {
-        "num_heads": num_heads,
-        "prune_num_heads": True,
-        "prune_head_dims": False,
-        # Pass fresh dicts: BasePruner's defaults are shared mutable objects it writes into.
-        "in_channel_groups": {},
-        "out_channel_groups": {},
-        "iterative_steps": 1,
-        "root_module_types": [nn.Linear],
-    }
-    if plan is not None:
-        ratio_dict: dict[nn.Module, float] = {}
-        head_dict: dict[nn.Module, float] = {}
-        for u in layout.units:
-            c = plan.get(u.name, 0)
-            if c <= 0:
-                continue
-            if u.kind == "ffn":
-                # BasePruner removes n - int(n * (1 - r)) channels: r = (c - 0.5) / n gives exactly c.
-                ratio_dict[mods[u.name]] = (c - 0.5) / u.size
-            else:
-                a = mods[u.name]
-                # Heads are removed only in a scope whose width ratio is positive; with
-                # prune_head_dims=False that width ratio prunes nothing itself.
-                ratio_dict[a.q] = _ENABLE_RATIO
-                for x in ("q", "k", "v"):
-                    # ceil(r * H) heads go: r = (c - 0.5) / H gives exactly c.
-                    head_dict[getattr(a, x)] = (c - 0.5) / u.size
-        with _quiet(), torch.enable_grad():
-            return tp.pruner.BasePruner(
-                model,
-                example_inputs,
-                importance=importance,
-                global_pruning=False,
-                pruning_ratio=0.0,
-                pruning_ratio_dict=ratio_dict,
-                head_pruning_ratio=0.0,
-                head_pruning_ratio_dict=head_dict,
-                ignored_layers=_expand(model, keep),
-                **common,
-            )
-    if global_ratios is None:
-        raise ValueError("make_pruner needs a plan or global_ratios")
-    head_ratio, width_ratio = global_ratios
-    heads_on = head_ratio > 0
-    ffn_on = width_ratio > 0
-    if not heads_on:
-        keep += [u.name for u in layout.of_kind("heads")]
-    if not ffn_on:
-        keep += [u.name for u in layout.of_kind("ffn")]
-        width_ratio = _ENABLE_RATIO
+    # Attention modules that are not units (blocked by the graph) are kept whole.
+    keep = list(layout.ignored) + list(layout.blocked) + [n for n in attn if n not in unit_names]
+    ratio_dict: dict[nn.Module, float] = {}
+    head_dict: dict[nn.Module, float] = {}
+    for u in layout.units:
+        c = plan.get(u.name, 0)
+        if c <= 0:
+            continue
+        if c > u.removable:
+            raise ValueError(f"plan removes {c} of {u.size} from '{u.name}' (at most {u.removable} may go)")
+        if u.kind == "ffn":
+            # BasePruner removes n - int(n * (1 - r)) channels: r = (c - 0.5) / n gives exactly c.
+            ratio_dict[mods[u.name]] = (c - 0.5) / u.size
+        else:
+            a = mods[u.name]
+            # Heads are removed only in a scope whose width ratio is positive; with
+            # prune_head_dims=False that width ratio prunes nothing itself.
+            ratio_dict[a.q] = _ENABLE_RATIO
+            for x in ("q", "k", "v"):
+                # ceil(r * H) heads go: r = (c - 0.5) / H gives exactly c.
+                head_dict[getattr(a, x)] = (c - 0.5) / u.size
     with _quiet(), torch.enable_grad():
         return tp.pruner.BasePruner(
             model,
             example_inputs,
             importance=importance,
-            global_pruning=True,
-            pruning_ratio=width_ratio,
-            head_pruning_ratio=head_ratio,
-            round_to=round_to,
+            global_pruning=False,
+            pruning_ratio=0.0,
+            pruning_ratio_dict=ratio_dict,
+            num_heads=num_heads,
+            prune_num_heads=True,
+            prune_head_dims=False,
+            head_pruning_ratio=0.0,
+            head_pruning_ratio_dict=head_dict,
             ignored_layers=_expand(model, keep),
-            **common,
+            # Pass fresh dicts: BasePruner's defaults are shared mutable objects it writes into.
+            in_channel_groups={},
+            out_channel_groups={},
+            iterative_steps=1,
+            root_module_types=[nn.Linear],
         )
 
 
-def apply_pruner(pruner: Any, model: nn.Module, layout: Layout) -> None:
-    """Run one pruning step, refusing any group that would take a unit below its minimum.
+def apply_pruner(pruner: Any, model: nn.Module, layout: Layout, plan: dict[str, int]) -> None:
+    """Run one pruning step, then check that exactly ``plan`` was removed.
 
     Raises:
-        Infeasible: A group would leave a unit below ``min_size`` (the model may be
-            partly pruned; callers use a copy when this can happen).
+        InfeasiblePlanError: A group would leave a unit below its minimum (checked before it is pruned).
+        RuntimeError: torch-pruning removed other counts than planned; names the unit.
     """
     mods = dict(model.named_modules())
     minimum: dict[int, tuple[str, int]] = {}
@@ -297,9 +346,16 @@ def apply_pruner(pruner: Any, model: nn.Module, layout: Layout) -> None:
                     name, lo = minimum[id(m)]
                     left = m.out_features - len(set(idxs))
                     if left < lo:
-                        raise Infeasible(name, left, lo)
+                        raise InfeasiblePlanError(name, left, lo)
             group.prune()
     sync_heads(model, head_width)
+    mods = dict(model.named_modules())
+    for u in layout.units:
+        now = mods[u.name].num_heads if u.kind == "heads" else mods[u.name].out_features
+        if now != u.size - plan.get(u.name, 0):
+            raise RuntimeError(
+                f"torch-pruning left {now} {u.kind} in '{u.name}', planned {u.size - plan.get(u.name, 0)}"
+            )
 
 
 def sync_heads(model: nn.Module, head_width: dict[str, int]) -> None:
@@ -321,15 +377,6 @@ def sync_heads(model: nn.Module, head_width: dict[str, int]) -> None:
         a.num_heads = widths["q"] // hd
 
 
-def clone_with_grads(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy`` that also copies ``.grad`` (Taylor scores read it; deepcopy drops it)."""
-    twin = copy.deepcopy(model)
-    for p, q in zip(model.parameters(), twin.parameters()):
-        if p.grad is not None:
-            q.grad = p.grad.detach().clone()
-    return twin
-
-
 @torch.no_grad()
 def check_forward(model: nn.Module, example_inputs: torch.Tensor, expected: torch.Size) -> None:
     """Run ``model`` on ``example_inputs`` and check the output shape.
@@ -347,7 +394,9 @@ def check_forward(model: nn.Module, example_inputs: torch.Tensor, expected: torc
         out = model(example_inputs)
     except RuntimeError as e:
         where = entered[-1] if entered else type(model).__name__
-        raise ValueError(f"after pruning, the forward pass fails in '{where}': {str(e).splitlines()[0]}") from e
+        raise ValueError(
+            f"after pruning, the forward pass fails in '{where}': {str(e).splitlines()[0]}"
+        ) from e
     finally:
         for h in hooks:
             h.remove()

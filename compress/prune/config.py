@@ -59,15 +59,19 @@ class PruneConfig(CompressConfig):
     """Structured pruning of attention heads and FFN neurons to a MAC target.
 
     Example:
-        >>> cfg = PruneConfig(target={"macs": 0.5}, importance="taylor", round_to=8)
-        >>> cfg.iterative_steps
-        3
+        >>> cfg = PruneConfig(target={"macs": 0.3}, importance="taylor", round_to=8)
+        >>> cfg.iterative_steps, PruneConfig().target.macs
+        (3, 0.5)
     """
 
-    target: MacsTargetConfig = Field(description="How much compute to remove, e.g. {macs: 0.5}.")
+    target: MacsTargetConfig = Field(
+        default_factory=lambda: MacsTargetConfig(macs=0.5),
+        description="How much compute to remove; default {macs: 0.5} halves the MACs.",
+    )
     importance: Literal["magnitude", "taylor"] = Field(
         "magnitude",
-        description="Channel importance: 'magnitude' (group L2 of weights) or 'taylor' (|w·grad| on calibration data).",
+        description="Channel importance: 'magnitude' (group L2 of weights) or 'taylor' "
+        "(|w·grad| on calibration data).",
     )
     iterative_steps: int = Field(
         3, ge=1, le=100, description="Pruning steps on a linear schedule, with recovery after each."
@@ -75,7 +79,10 @@ class PruneConfig(CompressConfig):
     prune_heads: bool = Field(True, description="Remove whole attention heads (head width is kept).")
     prune_ffn: bool = Field(True, description="Remove FFN hidden neurons.")
     round_to: int | None = Field(
-        None, ge=1, le=4096, description="Keep FFN widths a multiple of this (e.g. 8 for tensor cores); null: any."
+        None,
+        ge=1,
+        le=4096,
+        description="Keep FFN widths a multiple of this (e.g. 8 for tensor cores); null: any.",
     )
     ignored_layers: list[str] = Field(
         default_factory=list,
@@ -88,13 +95,18 @@ class PruneConfig(CompressConfig):
         "ratio in every layer.",
     )
     tolerance: float = Field(
-        0.02, gt=0, le=0.1, description="Largest allowed gap between the MACs removed and target.macs (fraction)."
+        0.02,
+        gt=0,
+        le=0.1,
+        description="Largest allowed gap between the MACs removed and target.macs (fraction).",
     )
 
     @model_validator(mode="after")
     def _something_to_prune(self) -> PruneConfig:
         if not self.prune_heads and not self.prune_ffn:
-            raise ValueError("prune_heads and prune_ffn are both false: nothing can be pruned; enable at least one")
+            raise ValueError(
+                "prune_heads and prune_ffn are both false: nothing can be pruned; enable at least one"
+            )
         bad = [p for p in self.ignored_layers if not p.strip()]
         if bad:
             raise ValueError("ignored_layers holds an empty pattern; use module names such as 'blocks.0.*'")

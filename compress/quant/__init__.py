@@ -12,26 +12,56 @@ Example:
 
 from compress.quant._fake_quant import (
     FakeQuantizer as FakeQuantizer,
+)
+from compress.quant._fake_quant import (
     QuantLinear as QuantLinear,
+)
+from compress.quant._fake_quant import (
     QuantMatMul as QuantMatMul,
+)
+from compress.quant._fake_quant import (
     int_range as int_range,
+)
+from compress.quant._fake_quant import (
     lsq_fake_quant as lsq_fake_quant,
 )
 from compress.quant._onnx import onnx_export_mode as onnx_export_mode
 from compress.quant.api import (
     QUANT_MODULES as QUANT_MODULES,
+)
+from compress.quant.api import (
     QuantModuleRule as QuantModuleRule,
+)
+from compress.quant.api import (
     calibrate_ as calibrate_,
+)
+from compress.quant.api import (
     is_quantized as is_quantized,
+)
+from compress.quant.api import (
     prepare_qat as prepare_qat,
+)
+from compress.quant.api import (
     quantized_modules as quantized_modules,
+)
+from compress.quant.api import (
     quantizers as quantizers,
+)
+from compress.quant.api import (
     register_quant_module as register_quant_module,
+)
+from compress.quant.api import (
     set_quant_enabled_ as set_quant_enabled_,
 )
 from compress.quant.config import (
     ActivationQuantConfig as ActivationQuantConfig,
+)
+from compress.quant.config import (
     CalibrationConfig as CalibrationConfig,
+)
+from compress.quant.config import (
     QuantConfig as QuantConfig,
+)
+from compress.quant.config import (
     WeightQuantConfig as WeightQuantConfig,
 )

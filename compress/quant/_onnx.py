@@ -136,9 +136,13 @@ def onnx_export_mode(model: nn.Module, *, activation_dtype: ActivationDtype = "i
                 continue
             for q, w in pairs:
                 if not q.enabled:
-                    raise ValueError(f"{name}: quantizer is disabled; enable it (set_quant_enabled_) before an INT8 export")
+                    raise ValueError(
+                        f"{name}: quantizer is disabled; enable it (set_quant_enabled_) before an INT8 export"
+                    )
                 if not bool(q.calibrated):
-                    raise ValueError(f"{name}: quantizer was never calibrated; run calibrate_ before an INT8 export")
+                    raise ValueError(
+                        f"{name}: quantizer was never calibrated; run calibrate_ before an INT8 export"
+                    )
                 q._export = _weight_payload(q, w) if w is not None else _act_payload(q, activation_dtype)
                 touched.append(q)
         yield

@@ -66,7 +66,8 @@ def register_quant_module(name: str, rule: QuantModuleRule) -> QuantModuleRule:
 
 register_quant_module("linear", QuantModuleRule(nn.Linear, QuantLinear.from_float, lambda cfg: True))  # type: ignore[arg-type]
 register_quant_module(
-    "matmul", QuantModuleRule(MatMul, QuantMatMul.from_float, lambda cfg: cfg.quantize_attention_matmuls)  # type: ignore[arg-type]
+    "matmul",
+    QuantModuleRule(MatMul, QuantMatMul.from_float, lambda cfg: cfg.quantize_attention_matmuls),  # type: ignore[arg-type]
 )
 
 QUANT_MODULE_TYPES = (QuantLinear, QuantMatMul)
@@ -116,7 +117,9 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
     """
     cfg = cfg or QuantConfig()
     if is_quantized(model):
-        raise ValueError(f"{type(model).__name__} is already quantized (prepare_qat ran before); prepare it once")
+        raise ValueError(
+            f"{type(model).__name__} is already quantized (prepare_qat ran before); prepare it once"
+        )
     rules = [rule for _, rule in QUANT_MODULES.items() if rule.applies(cfg)]
     by_type = {rule.source: rule for rule in rules}
     swapped = 0

@@ -10,11 +10,23 @@ from compress.runtime import onnxruntime as _onnxruntime  # noqa: F401  (registe
 from compress.runtime import torch_eager as _torch_eager  # noqa: F401  (registers 'torch')
 from compress.runtime.base import (
     RUNTIMES as RUNTIMES,
+)
+from compress.runtime.base import (
     Session as Session,
+)
+from compress.runtime.base import (
     SessionError as SessionError,
+)
+from compress.runtime.base import (
     TensorSpec as TensorSpec,
+)
+from compress.runtime.base import (
     list_runtimes as list_runtimes,
+)
+from compress.runtime.base import (
     open_session as open_session,
+)
+from compress.runtime.base import (
     register_runtime as register_runtime,
 )
 from compress.runtime.onnxruntime import OrtSession as OrtSession

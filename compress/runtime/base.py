@@ -66,7 +66,11 @@ class TensorSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (for reports and manifests)."""
-        return {"name": self.name, "shape": None if self.shape is None else list(self.shape), "dtype": self.dtype}
+        return {
+            "name": self.name,
+            "shape": None if self.shape is None else list(self.shape),
+            "dtype": self.dtype,
+        }
 
 
 S = TypeVar("S", bound="Session")
@@ -129,7 +133,9 @@ class Session(ABC):
         if device not in DEVICES:
             raise BadInputError(f"runtime '{cls.name}': device '{device}' is not one of {', '.join(DEVICES)}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise BadInputError(f"runtime '{cls.name}': threads must be a positive integer or None, got {threads!r}")
+            raise BadInputError(
+                f"runtime '{cls.name}': threads must be a positive integer or None, got {threads!r}"
+            )
         ok, reason = cls.can_run_here(device)
         if not ok:
             raise MissingDependency(f"runtime '{cls.name}' cannot run on {device} here: {reason}")
@@ -139,8 +145,14 @@ class Session(ABC):
         except CompressError:
             raise
         except Exception as e:  # each backend raises its own types; name the source and the backend's words
-            raise BadInputError(f"runtime '{cls.name}' cannot load {session._source}: {type(e).__name__}: {e}") from e
-        session._set_specs(list(inputs), list(outputs))
+            raise BadInputError(
+                f"runtime '{cls.name}' cannot load {session._source}: {type(e).__name__}: {e}"
+            ) from e
+        try:
+            session._set_specs(list(inputs), list(outputs))
+        except CompressError:
+            session.close()
+            raise
         return session
 
     @property
@@ -197,7 +209,7 @@ class Session(ABC):
         self._check_outputs(result, bound)
         return result
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027  (optional hook: a no-op for synchronous runtimes)
         """Wait until queued device work has finished (no-op on CPU and for synchronous runtimes)."""
 
     def close(self) -> None:
@@ -266,7 +278,9 @@ class Session(ABC):
                 raise SessionError(f"runtime '{self.name}': {self._source} declares no {kind}s")
             names = [s.name for s in specs]
             if len(set(names)) != len(names):
-                raise SessionError(f"runtime '{self.name}': {self._source} has duplicate {kind} names {names}")
+                raise SessionError(
+                    f"runtime '{self.name}': {self._source} has duplicate {kind} names {names}"
+                )
         self._inputs = tuple(inputs)
         self._outputs = tuple(outputs)
         self._input_names = frozenset(s.name for s in inputs)
@@ -276,29 +290,30 @@ class Session(ABC):
     def _check_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
         if not isinstance(inputs, Mapping):
             raise BadInputError(
-                f"runtime '{self.name}': inputs must be a dict of name -> numpy array, got {type(inputs).__name__}; "
-                f"e.g. {{'{self._inputs[0].name}': x}}"
+                f"runtime '{self.name}': inputs must be a dict of name -> numpy array, "
+                f"got {type(inputs).__name__}; e.g. {{'{self._inputs[0].name}': x}}"
             )
         if inputs.keys() != self._input_names:
             missing = sorted(self._input_names - inputs.keys())
             extra = sorted(set(inputs) - self._input_names)
             raise BadInputError(
                 f"runtime '{self.name}': {self._source}: input names do not match "
-                f"(missing: {missing or 'none'}; unexpected: {extra or 'none'}; expected: {sorted(self._input_names)})"
+                f"(missing: {missing or 'none'}; unexpected: {extra or 'none'}; "
+                f"expected: {sorted(self._input_names)})"
             )
         bound: dict[str, int] = {}
         for spec in self._inputs:
             arr = inputs[spec.name]
             if not isinstance(arr, np.ndarray):
                 raise BadInputError(
-                    f"runtime '{self.name}': input '{spec.name}' must be a numpy array, got {type(arr).__name__}; "
-                    "convert with np.asarray(...) (torch: tensor.numpy())"
+                    f"runtime '{self.name}': input '{spec.name}' must be a numpy array, "
+                    f"got {type(arr).__name__}; convert with np.asarray(...) (torch: tensor.numpy())"
                 )
             want = self._input_dtypes.get(spec.name)
             if want is not None and arr.dtype != want:
                 raise BadInputError(
-                    f"runtime '{self.name}': input '{spec.name}' has dtype {arr.dtype.name}; expected {spec.dtype} "
-                    f"(cast with x.astype(np.{spec.dtype}))"
+                    f"runtime '{self.name}': input '{spec.name}' has dtype {arr.dtype.name}; "
+                    f"expected {spec.dtype} (cast with x.astype(np.{spec.dtype}))"
                 )
             _match_shape(self.name, "input", spec, arr.shape, bound, BadInputError)
         return bound
@@ -307,12 +322,14 @@ class Session(ABC):
         if not isinstance(result, list) or len(result) != len(self._outputs):
             got = f"{len(result)} values" if isinstance(result, list) else type(result).__name__
             raise SessionError(
-                f"runtime '{self.name}': {self._source} returned {got}; expected a list of {len(self._outputs)} arrays"
+                f"runtime '{self.name}': {self._source} returned {got}; "
+                f"expected a list of {len(self._outputs)} arrays"
             )
-        for spec, arr in zip(self._outputs, result):
+        for spec, arr in zip(self._outputs, result, strict=True):
             if not isinstance(arr, np.ndarray):
                 raise SessionError(
-                    f"runtime '{self.name}': output '{spec.name}' is a {type(arr).__name__}, not a numpy array"
+                    f"runtime '{self.name}': output '{spec.name}' is a {type(arr).__name__}, "
+                    "not a numpy array"
                 )
             _match_shape(self.name, "output", spec, arr.shape, dict(bound), SessionError, bind_new=False)
 
@@ -335,12 +352,12 @@ def _match_shape(
             f"runtime '{runtime}': {kind} '{spec.name}' has shape {tuple(shape)} (rank {len(shape)}); "
             f"expected rank {len(spec.shape)}: {_fmt_shape(spec.shape)}"
         )
-    for axis, (want, got) in enumerate(zip(spec.shape, shape)):
+    for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=True)):
         if isinstance(want, int):
             if want != got:
                 raise error(
-                    f"runtime '{runtime}': {kind} '{spec.name}' has shape {tuple(shape)}; axis {axis} must be {want} "
-                    f"(expected {_fmt_shape(spec.shape)})"
+                    f"runtime '{runtime}': {kind} '{spec.name}' has shape {tuple(shape)}; "
+                    f"axis {axis} must be {want} (expected {_fmt_shape(spec.shape)})"
                 )
         elif want != UNKNOWN_DIM:
             seen = bound.get(want)

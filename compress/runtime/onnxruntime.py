@@ -69,8 +69,8 @@ class OrtSession(Session):
         available = ort.get_available_providers()
         if _PROVIDERS["cuda"] not in available:
             return False, (
-                f"ONNX Runtime {ort.__version__} has no CUDAExecutionProvider here (available: {', '.join(available)}); "
-                f"{_INSTALL_GPU}"
+                f"ONNX Runtime {ort.__version__} has no CUDAExecutionProvider here "
+                f"(available: {', '.join(available)}); {_INSTALL_GPU}"
             )
         import torch
 
@@ -88,7 +88,9 @@ class OrtSession(Session):
             )
         path = Path(source)
         if path.suffix != ".onnx":
-            raise BadInputError(f"runtime 'onnxruntime': {path} is not an .onnx file; pass the exported .onnx path")
+            raise BadInputError(
+                f"runtime 'onnxruntime': {path} is not an .onnx file; pass the exported .onnx path"
+            )
         if not path.is_file():
             raise BadInputError(f"runtime 'onnxruntime': {path} does not exist; check the artifact path")
         so = ort.SessionOptions()
@@ -97,13 +99,15 @@ class OrtSession(Session):
         so.log_severity_level = 3  # errors only: ORT's warnings go to stderr and would break progress output
         if self.threads is not None:
             so.intra_op_num_threads = self.threads
-            so.inter_op_num_threads = 1  # unused in sequential mode; keeps the thread count what the target says
+            so.inter_op_num_threads = (
+                1  # unused in sequential mode; keeps the thread count what the target says
+            )
         providers = [_PROVIDERS["cuda"], _PROVIDERS["cpu"]] if self.device == "cuda" else [_PROVIDERS["cpu"]]
         sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         if sess.get_providers()[0] != providers[0]:
             raise BadInputError(
-                f"runtime 'onnxruntime': {path} was loaded with {sess.get_providers()} instead of {providers[0]}; "
-                f"{_INSTALL_GPU}"
+                f"runtime 'onnxruntime': {path} was loaded with {sess.get_providers()} "
+                f"instead of {providers[0]}; {_INSTALL_GPU}"
             )
         self._sess = sess
         self._output_names = [o.name for o in sess.get_outputs()]

@@ -54,7 +54,8 @@ class TorchSession(Session):
         if device == "cuda" and not torch.cuda.is_available():
             build = "CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build"
             return False, (
-                f"torch {torch.__version__} ({build}) sees no CUDA device (torch.cuda.is_available() is False); "
+                f"torch {torch.__version__} ({build}) sees no CUDA device "
+                "(torch.cuda.is_available() is False); "
                 "install a CUDA build of torch on a machine with an NVIDIA GPU"
             )
         return True, ""
@@ -81,23 +82,26 @@ class TorchSession(Session):
             model = copy.deepcopy(model).float().eval().to(target)
         self._model = model
         self._target = target
-        self._prev_threads = torch.get_num_threads()
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
         in_shape: tuple[int | str, ...] | None = None
         out_specs: list[TensorSpec]
         if hasattr(model, "example_inputs"):
-            example = model.example_inputs(1)
-            in_shape = (_BATCH, *tuple(example.shape[1:]))
-            with torch.inference_mode():
+            # example_inputs draws random numbers; keep the caller's RNG stream untouched
+            with torch.random.fork_rng(devices=[]), torch.inference_mode():
+                example = model.example_inputs(1)
                 out = model(example.to(target))
+            in_shape = (_BATCH, *tuple(example.shape[1:]))
             outs = _as_list(out)
             names = _output_names(len(outs))
             out_specs = [
-                TensorSpec(n, (_BATCH, *tuple(o.shape[1:])), _np_dtype(o.dtype)) for n, o in zip(names, outs)
+                TensorSpec(n, (_BATCH, *tuple(o.shape[1:])), _np_dtype(o.dtype))
+                for n, o in zip(names, outs, strict=True)
             ]
         else:
             out_specs = [TensorSpec(_OUTPUT_NAME, None, "float32")]
+        # last, so a failed load leaves the process's thread count alone
+        self._prev_threads = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         return [TensorSpec(_INPUT_NAME, in_shape, "float32")], out_specs
 
     def _run_impl(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:

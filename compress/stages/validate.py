@@ -70,7 +70,9 @@ class ValidateStageConfig(StageConfig):
     batch_sizes: list[int] | None = Field(
         None, min_length=1, description="Batch sizes to time, overriding every target's batch_sizes."
     )
-    iterations: int | None = Field(None, ge=1, description="Timed runs per batch size, overriding the targets'.")
+    iterations: int | None = Field(
+        None, ge=1, description="Timed runs per batch size, overriding the targets'."
+    )
     warmup: int | None = Field(None, ge=0, description="Untimed runs before timing, overriding the targets'.")
 
     @field_validator("targets")
@@ -97,7 +99,9 @@ class ValidateStage(Stage):
     config_class = ValidateStageConfig
     requires = frozenset({"export"})
     max_count = 1
-    description = "Measure teacher and exported artifacts on deploy targets (accuracy, agreement, latency, size)."
+    description = (
+        "Measure teacher and exported artifacts on deploy targets (accuracy, agreement, latency, size)."
+    )
 
     def run(self, ctx: StageContext, cfg: ValidateStageConfig) -> StageResult:
         """Validate every configured target; see the module docstring for the metrics.
@@ -206,8 +210,9 @@ class ValidateStage(Stage):
             big = str(max(batch_sizes))
             agreement = "n/a" if entry["agreement"] is None else f"{entry['agreement']:.4f}"
             ctx.reporter.line(
-                f"  validate {name}: {model_name:<14} accuracy {entry['accuracy']:.4f}  agreement {agreement}  "
-                f"p95@{big} {entry['latency'][big]['p95_ms']:.3f} ms  {entry['size_mb']:.3f} MB"
+                f"  validate {name}: {model_name:<14} accuracy {entry['accuracy']:.4f}  "
+                f"agreement {agreement}  p95@{big} {entry['latency'][big]['p95_ms']:.3f} ms  "
+                f"{entry['size_mb']:.3f} MB"
             )
         return out
 
@@ -224,8 +229,8 @@ class ValidateStage(Stage):
             path = cache["onnx"]
             return path, _relative(path, ctx.run_dir)
         raise BadInputError(
-            f"runtime '{runtime.name}' loads only {sorted(runtime.formats)}; compress cannot build the teacher in "
-            "that format, so agreement and accuracy drop cannot be measured on this target"
+            f"runtime '{runtime.name}' loads only {sorted(runtime.formats)}; compress cannot build the "
+            "teacher in that format, so agreement and accuracy drop cannot be measured on this target"
         )
 
 
@@ -283,7 +288,8 @@ def _measure_model(
     try:
         input_name = _single_input(sess)
         logits = [
-            sess.run({input_name: split.inputs[i : i + largest]})[0] for i in range(0, len(split.inputs), largest)
+            sess.run({input_name: split.inputs[i : i + largest]})[0]
+            for i in range(0, len(split.inputs), largest)
         ]
         preds = np.concatenate(logits).argmax(axis=-1)
         stats = measure_latency(
@@ -330,4 +336,3 @@ def _relative(path: Path, root: Path) -> str:
 def _ordered(entry: dict[str, Any]) -> dict[str, Any]:
     keys = ("accuracy", "agreement", "size_mb", "memory", "latency", "path", "precision")
     return {k: entry[k] for k in keys if k in entry} | {k: v for k, v in entry.items() if k not in keys}
-

@@ -95,7 +95,9 @@ def test_inputs_are_rotated_per_batch_size() -> None:
     clock = Clock()
     sess = FakeSession(clock, {1: [1.0], 8: [2.0]})
     make_inputs, made = _tagged_inputs()
-    measure_latency(sess, make_inputs, batch_sizes=[1, 8, 1], warmup=3, iterations=6, input_sets=4, timer=clock)
+    measure_latency(
+        sess, make_inputs, batch_sizes=[1, 8, 1], warmup=3, iterations=6, input_sets=4, timer=clock
+    )
     assert made == [1, 1, 1, 1, 8, 8, 8, 8]  # duplicates timed once; sets built before timing
     fed_1 = [tag for b, tag in sess.fed if b == 1]
     fed_8 = [tag for b, tag in sess.fed if b == 8]
@@ -117,7 +119,9 @@ def test_repeats_pool_samples_and_report_spread() -> None:
     clock = Clock()
     sess = FakeSession(clock, {1: [1.0] * 10 + [3.0] * 10})  # repeat 0 sees 1 ms, repeat 1 sees 3 ms
     make_inputs, _ = _tagged_inputs()
-    s = measure_latency(sess, make_inputs, batch_sizes=[1], warmup=0, iterations=10, repeats=2, timer=clock)[1]
+    s = measure_latency(sess, make_inputs, batch_sizes=[1], warmup=0, iterations=10, repeats=2, timer=clock)[
+        1
+    ]
     assert (s.iterations, s.repeats) == (10, 2)
     assert s.p50_ms == pytest.approx(2.0)
     assert s.p50_spread_ms == pytest.approx(2.0)
@@ -135,7 +139,9 @@ def test_to_dict_keys() -> None:
 
 def test_bad_arguments_are_all_reported() -> None:
     clock = Clock()
-    with pytest.raises(BadInputError, match=r"batch_sizes must be .* got \[0\]; iterations must be >= 1, got 0"):
+    with pytest.raises(
+        BadInputError, match=r"batch_sizes must be .* got \[0\]; iterations must be >= 1, got 0"
+    ):
         measure_latency(FakeSession(clock, {}), lambda b: {}, batch_sizes=[0], warmup=0, iterations=0)
     with pytest.raises(BadInputError, match="one non-empty, equal-length list per repeat"):
         LatencyStats.from_samples(1, [[1.0], []])

@@ -1,13 +1,12 @@
-"""Every shipped deploy target is a valid TargetConfig naming a registered runtime; cpu-ort is as documented."""
+"""Each shipped deploy target is a valid TargetConfig naming a registered runtime; cpu-ort as documented."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import yaml
 
-from compress.config.schema import TargetConfig
+from compress.config.api import load_target
 from compress.runtime import RUNTIMES
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
@@ -20,13 +19,13 @@ def test_cpu_ort_is_shipped() -> None:
 
 @pytest.mark.parametrize("path", TARGET_FILES, ids=lambda p: p.stem)
 def test_target_file_is_valid(path: Path) -> None:
-    target = TargetConfig(**yaml.safe_load(path.read_text()))
+    target = load_target(path)  # the loader checks name == stem and that the runtime is registered
     assert target.name == path.stem
     assert target.runtime in RUNTIMES
 
 
 def test_cpu_ort_target() -> None:
-    target = TargetConfig(**yaml.safe_load((DEPLOY / "cpu-ort.yaml").read_text()))
+    target = load_target(DEPLOY / "cpu-ort.yaml")
     assert target.model_dump() == {
         "name": "cpu-ort",
         "description": "x86 CPU, ONNX Runtime, 2 threads, INT8 with unsigned activations",

@@ -42,7 +42,9 @@ def _source_for(runtime: str, sources: dict[str, Path]) -> Path:
     if not ok:
         pytest.skip(f"runtime '{runtime}' cannot run on this CPU: {why}")
     fmts = sorted(cls.formats & sources.keys())
-    assert fmts, f"runtime '{runtime}' loads {sorted(cls.formats)}; add a builder for one of them to _BUILDERS"
+    assert fmts, (
+        f"runtime '{runtime}' loads {sorted(cls.formats)}; add a builder for one of them to _BUILDERS"
+    )
     return sources[fmts[0]]
 
 
@@ -51,7 +53,9 @@ def _x(batch: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("runtime", list_runtimes())
-def test_contract_specs_and_dynamic_batch(runtime: str, model: torch.nn.Module, sources: dict[str, Path]) -> None:
+def test_contract_specs_and_dynamic_batch(
+    runtime: str, model: torch.nn.Module, sources: dict[str, Path]
+) -> None:
     with open_session(runtime, _source_for(runtime, sources), threads=2) as sess:
         assert sess.inputs == (TensorSpec("input", ("batch", 1, 8, 8), "float32"),)
         assert sess.outputs == (TensorSpec("logits", ("batch", 10), "float32"),)
@@ -74,7 +78,10 @@ def test_contract_specs_and_dynamic_batch(runtime: str, model: torch.nn.Module, 
     ("feed", "match"),
     [
         ({"x": _x(2)}, r"missing: \['input'\]; unexpected: \['x'\]"),
-        ({"input": _x(2).astype(np.float64)}, r"dtype float64; expected float32 \(cast with x.astype\(np.float32\)\)"),
+        (
+            {"input": _x(2).astype(np.float64)},
+            r"dtype float64; expected float32 \(cast with x.astype\(np.float32\)\)",
+        ),
         ({"input": np.zeros((2, 1, 8, 7), np.float32)}, r"axis 3 must be 8"),
         ({"input": np.zeros((2, 64), np.float32)}, r"rank 2\); expected rank 4: \(batch, 1, 8, 8\)"),
         ({"input": torch.zeros(2, 1, 8, 8)}, r"must be a numpy array, got Tensor"),
@@ -82,7 +89,10 @@ def test_contract_specs_and_dynamic_batch(runtime: str, model: torch.nn.Module, 
     ],
 )
 def test_contract_rejects_bad_inputs(runtime: str, feed: Any, match: str, sources: dict[str, Path]) -> None:
-    with open_session(runtime, _source_for(runtime, sources)) as sess, pytest.raises(BadInputError, match=match):
+    with (
+        open_session(runtime, _source_for(runtime, sources)) as sess,
+        pytest.raises(BadInputError, match=match),
+    ):
         sess.run(feed)
 
 
@@ -102,7 +112,9 @@ def test_contract_cuda_unavailable_says_why(runtime: str, sources: dict[str, Pat
     assert not ok
     assert "CUDA" in reason
     with pytest.raises(MissingDependency, match=f"runtime '{runtime}' cannot run on cuda here: .*CUDA"):
-        open_session(runtime, sources["onnx"] if runtime == "onnxruntime" else sources["torch"], device="cuda")
+        open_session(
+            runtime, sources["onnx"] if runtime == "onnxruntime" else sources["torch"], device="cuda"
+        )
 
 
 def test_unknown_runtime_suggests_closest() -> None:
@@ -138,7 +150,9 @@ def test_onnxruntime_missing_package_says_what_to_install(monkeypatch: pytest.Mo
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a)
+    )
     ok, reason = RUNTIMES.get("onnxruntime").can_run_here("cpu")
     assert (ok, reason) == (False, "onnxruntime is not installed: pip install onnxruntime")
 
@@ -212,3 +226,14 @@ def test_import_loads_no_optional_runtime() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_torch_load_leaves_rng_and_threads_alone_on_failure(model: torch.nn.Module, tmp_path: Path) -> None:
+    state = torch.get_rng_state()
+    open_session("torch", model).close()
+    assert torch.equal(torch.get_rng_state(), state)
+    before = torch.get_num_threads()
+    torch.save({"x": torch.zeros(1)}, tmp_path / "plain.pt")
+    with pytest.raises(BadInputError, match="not a compress model file"):
+        open_session("torch", tmp_path / "plain.pt", threads=1)
+    assert torch.get_num_threads() == before

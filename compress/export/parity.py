@@ -1,0 +1,128 @@
+"""Parity: how closely an exported ONNX file reproduces its torch model, measured with ONNX Runtime (CPU).
+
+``graph_optimization`` chooses what is measured:
+
+* ``basic`` (default): ONNX Runtime's basic rewrites only (constant folding that
+  keeps DequantizeLinear, redundant-node removal); Q/DQ nodes run as written,
+  in float, with the operator definitions' rounding. This checks the *file*:
+  whether the export is faithful, independent of the CPU.
+* ``all``: what an ONNX Runtime CPU deployment runs on this host, Q/DQ fused
+  into integer kernels. On x86 CPUs without VNNI, ORT's u8×s8 kernels add
+  pairs of products in int16 and saturate with 8-bit weights, so INT8 results
+  can differ a lot there (7-bit weights avoid it; see ``compress.quant.config``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.errors import ExportError
+from compress.export.config import ParityToleranceConfig
+from compress.export.onnx import INPUT_NAME
+
+PARITY_KEYS = ("max_abs_error", "mean_abs_error", "cosine", "top1_agreement", "n")
+
+
+def parity(
+    onnx_path: str | os.PathLike[str],
+    torch_model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    graph_optimization: Literal["basic", "all"] = "basic",
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Compare an ONNX file (ONNX Runtime CPU) with a torch model (eval mode) on ``inputs``.
+
+    Args:
+        onnx_path: The exported file; input ``input``, first output the logits.
+        torch_model: The model the file was exported from (its training flag is restored).
+        inputs: Examples, first axis = batch.
+        batch_size: Examples per run (the last batch may be smaller: needs a dynamic batch axis).
+        graph_optimization: ``basic`` checks the file's own semantics, ``all`` what
+            ONNX Runtime's fused CPU kernels compute on this host (see module docstring).
+        threads: ONNX Runtime intra-op threads (default: ORT's choice).
+
+    Returns:
+        ``max_abs_error`` and ``mean_abs_error`` over all logits, ``cosine`` (mean
+        per-example cosine similarity), ``top1_agreement`` (fraction of examples
+        with the same argmax) and ``n`` (examples).
+
+    Raises:
+        ExportError: ``inputs`` is empty, or ONNX Runtime cannot load or run the file,
+            or the output shapes differ.
+
+    Example:
+        >>> parity("artifacts/model.fp32.onnx", model, x_val, batch_size=256)  # doctest: +SKIP
+        {'max_abs_error': 9.5e-07, 'mean_abs_error': 1.1e-07, 'cosine': 1.0, 'top1_agreement': 1.0, 'n': 270}
+    """
+    import onnxruntime as ort
+
+    if len(inputs) == 0:
+        raise ExportError(f"parity of {onnx_path}: no inputs to compare on")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        if graph_optimization == "basic"
+        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
+    so.log_severity_level = 3
+    if threads is not None:
+        so.intra_op_num_threads = threads
+    try:
+        sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ExportError(f"ONNX Runtime cannot load {onnx_path}: {e}") from e
+    was = torch_model.training
+    torch_model.eval()
+    got, ref = [], []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(inputs), batch_size):
+                xb = inputs[i : i + batch_size]
+                try:
+                    got.append(sess.run(None, {INPUT_NAME: xb.numpy().astype(np.float32)})[0])
+                except Exception as e:
+                    raise ExportError(
+                        f"ONNX Runtime failed to run {onnx_path} on a batch of shape {tuple(xb.shape)}: {e}"
+                    ) from e
+                ref.append(torch_model(xb).float().numpy())
+    finally:
+        torch_model.train(was)
+    a, b = np.concatenate(got).astype(np.float64), np.concatenate(ref).astype(np.float64)
+    if a.shape != b.shape:
+        raise ExportError(f"{onnx_path}: ONNX output shape {a.shape} differs from torch {b.shape}")
+    a2, b2 = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    diff = np.abs(a2 - b2)
+    denom = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+    cos = np.where(denom > 0, (a2 * b2).sum(axis=1) / np.maximum(denom, 1e-300), 1.0)
+    return {
+        "max_abs_error": float(diff.max()),
+        "mean_abs_error": float(diff.mean()),
+        "cosine": float(cos.mean()),
+        "top1_agreement": float((a2.argmax(1) == b2.argmax(1)).mean()),
+        "n": int(len(a)),
+    }
+
+
+def check_parity(result: dict[str, Any], tolerance: ParityToleranceConfig) -> list[str]:
+    """Sentences naming each tolerance that ``result`` (from ``parity``) exceeds; empty if none.
+
+    Example:
+        >>> check_parity({"max_abs_error": 0.2, "top1_agreement": 1.0, "cosine": 1.0},
+        ...              ParityToleranceConfig(max_abs_error=1e-4))
+        ['max_abs_error 0.2 > 0.0001']
+    """
+    problems = []
+    if tolerance.max_abs_error is not None and result["max_abs_error"] > tolerance.max_abs_error:
+        problems.append(f"max_abs_error {result['max_abs_error']:.4g} > {tolerance.max_abs_error:.4g}")
+    if tolerance.min_top1_agreement is not None and result["top1_agreement"] < tolerance.min_top1_agreement:
+        problems.append(f"top1_agreement {result['top1_agreement']:.4g} < {tolerance.min_top1_agreement:.4g}")
+    if tolerance.min_cosine is not None and result["cosine"] < tolerance.min_cosine:
+        problems.append(f"cosine {result['cosine']:.6g} < {tolerance.min_cosine:.6g}")
+    return problems

@@ -1,0 +1,263 @@
+"""``export``: write the deployable ONNX files, check each against its torch source, describe the input.
+
+Formats (``formats:``), written to ``artifacts/``:
+
+* ``onnx-fp32`` → ``model.fp32.onnx``: the current model with quantization
+  disabled, i.e. the full-precision weights it holds. After a ``qat`` stage
+  these are the QAT-trained float weights (the ones the INT8 files quantize),
+  not the weights that entered ``qat``; without ``qat`` it is simply the model.
+* ``onnx-int8`` → ``model.int8.onnx``: INT8 Q/DQ, signed activations (S8S8,
+  TensorRT rules) from the learned scales.
+* ``onnx-int8-u8`` → ``model.int8-u8.onnx``: the same scales with uint8
+  activations at zero point 128 (U8S8, ONNX Runtime on x86 CPUs).
+
+INT8 formats need an earlier ``qat`` stage (checked before the run starts).
+Each file is compared with its torch source on ``parity_split`` with ONNX
+Runtime (``compress.export.parity``, ``basic`` graph optimisation: the file's
+own semantics); a tolerance exceeded fails the stage with ``ExportError``. For
+``onnx-int8-u8`` the stage also records ``ort_cpu_parity``, the parity of ONNX
+Runtime's fused integer kernels on this host, and warns when it misses the
+tolerance (x86 without VNNI saturates 8-bit weights; see
+``compress.quant.config``). ``preprocess.json`` describes input and output.
+
+Example (pipeline YAML)::
+
+    - export:
+        formats: [onnx-fp32, onnx-int8-u8]
+        tolerances: {int8: {min_top1_agreement: 0.99}}
+
+Metrics: ``formats`` (by name: ``path``, ``parity``, ``size_bytes``, and
+``qdq`` node counts or ``ort_cpu_parity`` where they apply),
+``int8_size_ratio`` (FP32 bytes / INT8 bytes when both exist), ``preprocess``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from compress._utils.io import atomic_write_json
+from compress._utils.registry import Registry
+from compress.errors import ExportError
+from compress.export import (
+    ExportFormat,
+    ParityTolerancesConfig,
+    check_parity,
+    export_onnx,
+    export_onnx_qdq,
+    parity,
+    qdq_summary,
+)
+from compress.export.onnx import INPUT_NAME, OUTPUT_NAME
+from compress.quant import is_quantized, set_quant_enabled_
+from compress.stages.base import Artifact, Stage, StageConfig, StageContext, StageResult, register_stage
+
+PREPROCESS_FILE = "preprocess.json"
+
+
+@dataclass(frozen=True)
+class OnnxFormat:
+    """One export format: file name, precision and how it is written.
+
+    Attributes:
+        name: The ``formats:`` value and artifact name.
+        filename: File name under ``artifacts/``.
+        precision: ``fp32`` or ``int8`` (selects the parity tolerance).
+        flavour: ``fp32``, ``s8s8`` or ``u8s8``.
+        check_ort_kernels: Also record parity of ONNX Runtime's fused CPU kernels (ORT-targeted files).
+    """
+
+    name: str
+    filename: str
+    precision: Literal["fp32", "int8"]
+    flavour: Literal["fp32", "s8s8", "u8s8"]
+    check_ort_kernels: bool = False
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the file is written from the fake quantizers' scales."""
+        return self.precision != "fp32"
+
+    def source(self, model: nn.Module) -> nn.Module:
+        """The torch model this file is exported from and compared with (a copy of ``model``)."""
+        src = copy.deepcopy(model)
+        set_quant_enabled_(src, self.quantized)
+        src.eval()
+        return src
+
+    def write(self, model: nn.Module, path: Path, example_inputs: Any, opset: int) -> None:
+        """Export ``model`` (from ``source``) to ``path``."""
+        if self.quantized:
+            export_onnx_qdq(model, path, example_inputs, flavour=self.flavour, opset=opset)  # type: ignore[arg-type]
+        else:
+            export_onnx(model, path, example_inputs, opset=opset)
+
+
+ONNX_FORMATS: Registry[OnnxFormat] = Registry("export format")
+for _f in (
+    OnnxFormat("onnx-fp32", "model.fp32.onnx", "fp32", "fp32"),
+    OnnxFormat("onnx-int8", "model.int8.onnx", "int8", "s8s8"),
+    OnnxFormat("onnx-int8-u8", "model.int8-u8.onnx", "int8", "u8s8", check_ort_kernels=True),
+):
+    ONNX_FORMATS.register(_f.name)(_f)
+
+_MIN_QDQ_OPSET = 13
+
+
+class ExportStageConfig(StageConfig):
+    """Settings of the ``export`` stage."""
+
+    formats: list[ExportFormat] = Field(
+        default_factory=lambda: ["onnx-fp32", "onnx-int8", "onnx-int8-u8"],
+        min_length=1,
+        description="Files to write: onnx-fp32, onnx-int8 (S8S8, TensorRT), "
+        "onnx-int8-u8 (U8S8, ONNX Runtime CPU).",
+    )
+    opset: int = Field(
+        17,
+        ge=11,
+        le=20,
+        description="ONNX opset (INT8 formats need >= 13; the TorchScript exporter stops at 20).",
+    )
+    tolerances: ParityTolerancesConfig = Field(
+        default_factory=ParityTolerancesConfig,
+        description="Parity limits per precision; exceeding one fails the stage.",
+    )
+    parity_split: Literal["train", "val", "test"] = Field(
+        "val", description="Data split used for the parity checks."
+    )
+
+    @field_validator("formats")
+    @classmethod
+    def _no_duplicates(cls, v: list[str]) -> list[str]:
+        dup = sorted({f for f in v if v.count(f) > 1})
+        if dup:
+            raise ValueError(f"formats lists {', '.join(dup)} more than once; list each format once")
+        return v
+
+    @model_validator(mode="after")
+    def _opset_for_int8(self) -> ExportStageConfig:
+        int8 = [f for f in self.formats if ONNX_FORMATS.get(f).quantized]
+        if int8 and self.opset < _MIN_QDQ_OPSET:
+            raise ValueError(
+                f"opset {self.opset} is too old for formats {', '.join(int8)}: per-channel "
+                f"DequantizeLinear needs opset >= {_MIN_QDQ_OPSET}; raise opset or drop them"
+            )
+        return self
+
+
+@register_stage
+class ExportStage(Stage):
+    """Write ONNX FP32 and INT8 Q/DQ files and check their parity with torch."""
+
+    name = "export"
+    config_class = ExportStageConfig
+    before = frozenset({"validate"})
+    description = (
+        "Export ONNX FP32 and INT8 Q/DQ (S8S8 for TensorRT, U8S8 for ONNX Runtime) with parity checks."
+    )
+
+    @classmethod
+    def check_order(cls, cfg: Any, earlier: list[tuple[str, Any]]) -> list[str]:
+        """INT8 formats need a ``qat`` stage before this one."""
+        int8 = [f for f in cfg.formats if ONNX_FORMATS.get(f).quantized]
+        if int8 and not any(kind == "qat" for kind, _ in earlier):
+            return [
+                f"{' and '.join(int8)} {'needs' if len(int8) == 1 else 'need'} a qat stage before export "
+                "(INT8 Q/DQ is written from learned scales); add '- qat: {}' before this export, "
+                "or keep only onnx-fp32 in formats"
+            ]
+        return []
+
+    def run(self, ctx: StageContext, cfg: ExportStageConfig) -> StageResult:
+        def fail(msg: str) -> ExportError:
+            return ExportError(msg, stage=self.name, yaml_path=ctx.yaml_path)
+
+        formats = [ONNX_FORMATS.get(f) for f in cfg.formats]
+        int8 = [f.name for f in formats if f.quantized]
+        if int8 and not is_quantized(ctx.model):
+            raise fail(
+                f"{', '.join(int8)} needs a quantized model, but the model entering export "
+                "has no fake quantizers; "
+                "put a qat stage before export"
+            )
+        example = ctx.example_inputs(2)
+        x_par, _ = ctx.data.tensors(cfg.parity_split)
+        bs = ctx.pipeline.data.eval_batch_size
+        rel_dir = Path(os.path.relpath(ctx.artifacts_dir, ctx.run_dir))
+        artifacts: list[Artifact] = []
+        by_name: dict[str, dict[str, Any]] = {}
+        for fmt in formats:
+            src = fmt.source(ctx.model)
+            path = ctx.artifacts_dir / fmt.filename
+            rel = str(rel_dir / fmt.filename)
+            try:
+                fmt.write(src, path, example, cfg.opset)
+                par = parity(path, src, x_par, batch_size=bs)
+            except ExportError as e:
+                raise fail(f"{fmt.name} ({rel}): {e}") from e
+            tol = getattr(cfg.tolerances, fmt.precision)
+            problems = check_parity(par, tol)
+            if problems:
+                raise fail(
+                    f"{fmt.name} ({rel}) differs from its torch source on the {cfg.parity_split} split "
+                    f"(n={par['n']}): {'; '.join(problems)} (max_abs_error {par['max_abs_error']:.4g}, "
+                    f"top1_agreement {par['top1_agreement']:.4g}, cosine {par['cosine']:.6g}); "
+                    f"the limits are tolerances.{fmt.precision} in this stage's config"
+                )
+            meta: dict[str, Any] = {
+                "flavour": fmt.flavour,
+                "opset": cfg.opset,
+                "parity": par,
+                "parity_split": cfg.parity_split,
+                "size_bytes": path.stat().st_size,
+            }
+            if fmt.quantized:
+                meta["qdq"] = qdq_summary(path)
+            if fmt.check_ort_kernels:
+                kern = parity(path, src, x_par, batch_size=bs, graph_optimization="all")
+                meta["ort_cpu_parity"] = kern
+                kern_problems = check_parity(kern, tol)
+                if kern_problems:
+                    ctx.reporter.line(
+                        f"  warning: {fmt.name}: ONNX Runtime's fused integer kernels on this CPU miss "
+                        f"the parity tolerance ({'; '.join(kern_problems)}); x86 CPUs without VNNI "
+                        "saturate 8-bit weights in "
+                        "u8s8 kernels: use quant.weights.bits: 7 in the qat stage for such targets"
+                    )
+            artifacts.append(
+                Artifact(name=fmt.name, path=rel, format="onnx", precision=fmt.precision, meta=meta)
+            )
+            by_name[fmt.name] = {
+                "path": rel,
+                **{k: v for k, v in meta.items() if k not in ("flavour", "opset")},
+            }
+        pre_rel = str(rel_dir / PREPROCESS_FILE)
+        atomic_write_json(ctx.artifacts_dir / PREPROCESS_FILE, _preprocess(ctx, formats))
+        metrics: dict[str, Any] = {"formats": by_name, "preprocess": pre_rel}
+        sizes = {f.precision: by_name[f.name]["size_bytes"] for f in formats}
+        if "fp32" in sizes and "int8" in sizes:
+            metrics["int8_size_ratio"] = sizes["fp32"] / sizes["int8"]
+        return StageResult(artifacts=artifacts, metrics=metrics)
+
+
+def _preprocess(ctx: StageContext, formats: list[OnnxFormat]) -> dict[str, Any]:
+    """What a deployer needs to feed the files: input/output names, shapes, dtype and preprocessing."""
+    data = ctx.data
+    return {
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", *data.input_shape],
+            "dtype": str(data.inputs.dtype).removeprefix("torch."),
+        },
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", data.num_classes], "dtype": "float32"},
+        "num_classes": data.num_classes,
+        "preprocess": data.preprocess,
+        "artifacts": {f.name: f.filename for f in formats},
+    }
