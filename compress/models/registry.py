@@ -88,9 +88,19 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     }
 
 
+_TRANSFORM_PROVIDERS = ("compress.quant",)
+"""Packages that register transforms; imported before a spec's transforms are replayed, so
+``load_model`` works without the caller importing them first."""
+
+
 def model_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Rebuild a model (random weights) from a spec, replaying its transforms."""
+    import importlib
+
     model = build_model(spec["family"], spec["config"])
+    if spec.get("transforms"):
+        for provider in _TRANSFORM_PROVIDERS:
+            importlib.import_module(provider)
     for t in spec.get("transforms", []):
         model = TRANSFORMS.get(t["name"])(model, t["config"])
     return model
