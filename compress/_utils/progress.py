@@ -32,10 +32,8 @@ class Reporter:
         """One line to stderr (suppressed only when silent)."""
         if self.silent:
             return
-        if self.quiet:
-            print(text, file=sys.stderr, flush=True)
-        else:
-            self._con().print(text, markup=False)
+        # plain print: rich would re-wrap long lines at 80 columns when stderr is not a terminal
+        print(text, file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def task(self, description: str, total: int) -> Iterator[Any]:
