@@ -28,9 +28,7 @@ axis stays dynamic. Files are written atomically.
 
 from __future__ import annotations
 
-import io
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +37,7 @@ from torch import nn
 
 from compress._utils.io import atomic_write_bytes
 from compress.errors import ExportError
-from compress.export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
+from compress.export.onnx import DEFAULT_OPSET, trace_to_onnx
 
 Flavour = Literal["s8s8", "u8s8"]
 
@@ -96,33 +94,16 @@ def export_onnx_qdq(
             "(run a 'qat' stage, or compress.quant.prepare_qat + calibrate_, first)"
         )
     path = Path(path)
-    was = model.training
-    model.eval()
-    buf = io.BytesIO()
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     try:
-        with onnx_export_mode(model, activation_dtype=_ACTIVATION_DTYPE[flavour]), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (example_inputs,),
-                buf,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes=axes,
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+        with onnx_export_mode(model, activation_dtype=_ACTIVATION_DTYPE[flavour]):
+            data = trace_to_onnx(model, example_inputs, opset=opset, dynamic_batch=dynamic_batch)
     except ValueError as e:
         raise ExportError(f"INT8 export of {type(model).__name__}: {e}") from e
     except Exception as e:
         raise ExportError(
             f"INT8 ONNX export of {type(model).__name__} failed: {type(e).__name__}: {e}"
         ) from e
-    finally:
-        model.train(was)
-    proto = onnx.load_from_string(buf.getvalue())
+    proto = onnx.load_from_string(data)
     _constants_to_initializers(proto)
     _fold_weight_transposes(proto)
     _remove_unused_initializers(proto)

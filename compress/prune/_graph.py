@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from compress._utils.registry import did_you_mean
+from compress.models.stats import module_macs
 
 ALWAYS_IGNORED = ("patch_embed", "head")
 """Module names never pruned whatever the config says (input embedding and classifier)."""
@@ -141,29 +142,6 @@ def _expand(model: nn.Module, names: list[str]) -> list[nn.Module]:
     for n in names:
         out.extend(mods[n].modules())
     return out
-
-
-@torch.no_grad()
-def module_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, dict[str, float]]:
-    """MACs per example of the whole model and of every module (by name), one forward pass.
-
-    Same counter as ``compress.models.stats.count_macs`` (``torch.utils.flop_counter``).
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(example_inputs)
-    model.train(was)
-    batch = max(1, example_inputs.shape[0])
-    root = type(model).__name__
-    per: dict[str, float] = {}
-    for key, ops in counter.get_flop_counts().items():
-        if key == root or key.startswith(root + "."):
-            per[key[len(root) + 1 :]] = sum(ops.values()) / 2 / batch
-    return int(counter.get_total_flops() // 2 // batch), per
 
 
 def find_layout(

@@ -105,6 +105,54 @@ class StageContext:
         x, _ = self.data.tensors("val")
         return x[:batch]
 
+    def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
+        """Accuracy and loss of ``model`` on ``split`` at the pipeline's eval batch size."""
+        from compress.train import evaluate
+
+        return evaluate(model, self.data, split, batch_size=self.pipeline.data.eval_batch_size)
+
+    def fit(
+        self,
+        model: nn.Module,
+        loss_fn: Any,
+        train: Any,
+        *,
+        label: str,
+        checkpoint: str = "train.ckpt",
+        seed_offset: int = 0,
+        epochs: int | None = None,
+    ) -> Any:
+        """``compress.train.fit`` with this stage's data, batch size, seed, checkpoint file, val
+        evaluation and progress bar: the one way a stage trains.
+
+        Args:
+            model: Trained in place.
+            loss_fn: ``loss_fn(model, x, y) -> (loss, terms)``.
+            train: The stage's ``TrainConfig``.
+            label: Progress label after the stage number (``distill``, ``prune recover 1/2``).
+            checkpoint: File name in the stage folder for the per-epoch checkpoint (resume).
+            seed_offset: Added to the stage seed (different shuffles for repeated fits).
+            epochs: Overrides ``train.epochs``.
+
+        Returns:
+            The ``FitResult``.
+        """
+        from compress.train import fit
+
+        return fit(
+            model,
+            loss_fn,
+            self.data,
+            train,
+            batch_size=self.batch_size,
+            seed=self.seed + seed_offset,
+            checkpoint=self.stage_dir / checkpoint,
+            eval_fn=self.evaluate,
+            reporter=self.reporter,
+            description=f"[{self.index + 1}] {label}",
+            epochs=epochs,
+        )
+
 
 @dataclass
 class StageResult:

@@ -18,7 +18,7 @@ from compress.config.schema import StudentConfig
 from compress.distill import LossesConfig, kd_objective, student_by_depth
 from compress.errors import StageError
 from compress.stages.base import Stage, StageConfig, StageContext, StageResult, register_stage
-from compress.train import TrainConfig, evaluate, fit
+from compress.train import TrainConfig
 
 
 class DistillStageConfig(StageConfig):
@@ -58,18 +58,7 @@ class DistillStage(Stage):
         else:
             student = copy.deepcopy(ctx.model)
         kd_teacher = ctx.teacher if cfg.teacher == "original" else ctx.model
-        res = fit(
-            student,
-            kd_objective(kd_teacher, cfg.losses),
-            ctx.data,
-            cfg.train,
-            batch_size=ctx.batch_size,
-            seed=ctx.seed,
-            checkpoint=ctx.stage_dir / "train.ckpt",
-            eval_fn=lambda m: evaluate(m, ctx.data, "val", batch_size=ctx.pipeline.data.eval_batch_size),
-            reporter=ctx.reporter,
-            description=f"[{ctx.index + 1}] distill",
-        )
+        res = ctx.fit(student, kd_objective(kd_teacher, cfg.losses), cfg.train, label="distill")
         student.eval()
         return StageResult(
             model=student,

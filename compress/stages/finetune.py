@@ -15,7 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from compress.stages.base import Stage, StageConfig, StageContext, StageResult, register_stage
-from compress.train import TrainConfig, evaluate, fit
+from compress.train import TrainConfig
 
 
 class FinetuneStageConfig(StageConfig):
@@ -47,17 +47,6 @@ class FinetuneStage(Stage):
             loss = F.cross_entropy(m(x), y, label_smoothing=smoothing)
             return loss, {"ce": loss.item()}
 
-        res = fit(
-            model,
-            loss_fn,
-            ctx.data,
-            cfg.train,
-            batch_size=ctx.batch_size,
-            seed=ctx.seed,
-            checkpoint=ctx.stage_dir / "train.ckpt",
-            eval_fn=lambda m: evaluate(m, ctx.data, "val", batch_size=ctx.pipeline.data.eval_batch_size),
-            reporter=ctx.reporter,
-            description=f"[{ctx.index + 1}] finetune",
-        )
+        res = ctx.fit(model, loss_fn, cfg.train, label="finetune")
         model.eval()
         return StageResult(model=model, teacher=model, metrics={"history": res.history, "steps": res.steps})

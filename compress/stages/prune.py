@@ -32,7 +32,7 @@ from compress.distill import LossesConfig, kd_objective
 from compress.errors import StageError
 from compress.prune import CRITERIA, PruneConfig, prune_
 from compress.stages.base import Stage, StageConfig, StageContext, StageResult, register_stage
-from compress.train import TrainConfig, evaluate, fit
+from compress.train import TrainConfig, evaluate
 
 
 class PruneRecoverConfig(CompressConfig):
@@ -128,17 +128,13 @@ class PruneStage(Stage):
             # The architecture is part of the name: a resumed run whose pruning differs never
             # loads another shape's checkpoint.
             arch = sha256_json({k: list(v.shape) for k, v in m.state_dict().items()})[:12]
-            res = fit(
+            res = ctx.fit(
                 m,
                 loss_fn,
-                ctx.data,
                 cfg.recover.train,
-                batch_size=ctx.batch_size,
-                seed=ctx.seed + step,
-                checkpoint=ctx.stage_dir / f"recover-{step}-{arch}.pt",
-                eval_fn=lambda mm: evaluate(mm, ctx.data, "val", batch_size=eval_bs),
-                reporter=ctx.reporter,
-                description=f"[{ctx.index + 1}] prune recover {step}/{cfg.iterative_steps}",
+                label=f"prune recover {step}/{cfg.iterative_steps}",
+                checkpoint=f"recover-{step}-{arch}.pt",
+                seed_offset=step,
                 epochs=cfg.recover.epochs,
             )
             last = res.history[-1] if res.history else {}

@@ -32,7 +32,7 @@ from compress.distill import LossesConfig, kd_objective
 from compress.errors import StageError
 from compress.quant import QuantConfig, calibrate_, is_quantized, prepare_qat, quantized_modules, quantizers
 from compress.stages.base import Stage, StageConfig, StageContext, StageResult, register_stage
-from compress.train import TrainConfig, evaluate, fit
+from compress.train import TrainConfig, evaluate
 
 
 class QATTrainConfig(TrainConfig):
@@ -114,18 +114,7 @@ class QATStage(Stage):
 
         calibrate_(model, forward_loop)
         val_calibrated = evaluate(model, ctx.data, "val", batch_size=eval_bs)["accuracy"]
-        res = fit(
-            model,
-            kd_objective(teacher, cfg.losses),
-            ctx.data,
-            cfg.train,
-            batch_size=bs,
-            seed=ctx.seed,
-            checkpoint=ctx.stage_dir / "train.ckpt",
-            eval_fn=lambda m: evaluate(m, ctx.data, "val", batch_size=eval_bs),
-            reporter=ctx.reporter,
-            description=f"[{ctx.index + 1}] qat",
-        )
+        res = ctx.fit(model, kd_objective(teacher, cfg.losses), cfg.train, label="qat")
         model.eval()
         val = evaluate(model, ctx.data, "val", batch_size=eval_bs)["accuracy"]
         cal = cfg.quant.calibration
