@@ -147,6 +147,8 @@ def check_order(loaded: LoadedPipeline) -> list[str]:
             msgs.append(f"{where}: '{entry.kind}' may appear at most {cls.max_count} time(s); remove the extra one")
         for problem in cls.check_order(entry.config, [(e.kind, e.config) for e in entries[:i]]):
             msgs.append(f"{where}: {problem}")
+        for problem in cls.missing_dependencies(entry.config):
+            msgs.append(f"{where}: {problem}")
     return msgs
 
 

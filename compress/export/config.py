@@ -22,7 +22,7 @@ from pydantic import Field
 
 from compress.config.base import CompressConfig
 
-ExportFormat = Literal["onnx-fp32", "onnx-int8", "onnx-int8-u8"]
+ExportFormat = Literal["onnx-fp32", "onnx-int8", "onnx-int8-u8", "tensorrt-fp16", "tensorrt-int8"]
 """``onnx-fp32``: float ONNX; ``onnx-int8``: INT8 Q/DQ, signed activations (TensorRT);
 ``onnx-int8-u8``: INT8 Q/DQ, uint8 activations with zero point 128 (ONNX Runtime on x86 CPUs)."""
 
@@ -52,3 +52,13 @@ class ParityTolerancesConfig(CompressConfig):
         default_factory=lambda: ParityToleranceConfig(min_top1_agreement=0.98),
         description="INT8 Q/DQ files vs the fake-quant torch model (same learned scales).",
     )
+
+
+class TensorRTExportConfig(CompressConfig):
+    """How ``tensorrt-*`` engines are built (``compress.export.tensorrt``)."""
+
+    batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 32], min_length=1, description="Batch sizes the engine's profile covers (min..max)."
+    )
+    workspace_mb: int = Field(2048, ge=16, le=1 << 20, description="Builder workspace limit in MB.")
+    timing_cache: bool = Field(True, description="Reuse tactic timings across builds (artifacts/tensorrt.timing-cache).")

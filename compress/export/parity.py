@@ -94,9 +94,21 @@ def parity(
                 ref.append(torch_model(xb).float().numpy())
     finally:
         torch_model.train(was)
-    a, b = np.concatenate(got).astype(np.float64), np.concatenate(ref).astype(np.float64)
+    return compare_outputs(np.concatenate(got), np.concatenate(ref), what=str(onnx_path))
+
+
+def compare_outputs(got: np.ndarray, ref: np.ndarray, *, what: str = "artifact") -> dict[str, float]:
+    """Parity metrics of ``got`` (an artifact's outputs) against ``ref`` (its torch source's).
+
+    Returns:
+        ``max_abs_error``, ``mean_abs_error``, ``cosine`` (mean per example), ``top1_agreement``, ``n``.
+
+    Raises:
+        ExportError: The shapes differ.
+    """
+    a, b = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
     if a.shape != b.shape:
-        raise ExportError(f"{onnx_path}: ONNX output shape {a.shape} differs from torch {b.shape}")
+        raise ExportError(f"{what}: output shape {a.shape} differs from torch {b.shape}")
     a2, b2 = a.reshape(len(a), -1), b.reshape(len(b), -1)
     diff = np.abs(a2 - b2)
     denom = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
@@ -108,6 +120,23 @@ def parity(
         "top1_agreement": float((a2.argmax(1) == b2.argmax(1)).mean()),
         "n": int(len(a)),
     }
+
+
+def session_parity(session: Any, torch_model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256) -> dict[str, float]:
+    """Parity of a loaded runtime ``Session`` (any backend) against a torch model on ``inputs``."""
+    name = session.inputs[0].name
+    was = torch_model.training
+    torch_model.eval()
+    got, ref = [], []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(inputs), batch_size):
+                xb = inputs[i : i + batch_size]
+                got.append(session.run({name: xb.numpy().astype(np.float32)})[0])
+                ref.append(torch_model(xb).float().numpy())
+    finally:
+        torch_model.train(was)
+    return compare_outputs(np.concatenate(got), np.concatenate(ref), what=session.source)
 
 
 def check_parity(result: dict[str, Any], tolerance: ParityToleranceConfig) -> list[str]:

@@ -200,6 +200,14 @@ class Stage(ABC):
         """
         return []
 
+    @classmethod
+    def missing_dependencies(cls, cfg: Any) -> list[str]:
+        """Optional packages this stage needs for ``cfg`` that are not installed (each with the install command).
+
+        Checked by ``load_config`` so ``compress validate`` and ``compress run`` fail before any work (exit 2).
+        """
+        return []
+
     @abstractmethod
     def run(self, ctx: StageContext, cfg: Any) -> StageResult:
         """Do the stage's work and return its result."""

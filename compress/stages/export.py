@@ -48,6 +48,7 @@ from compress.errors import ExportError
 from compress.export import (
     ExportFormat,
     ParityTolerancesConfig,
+    TensorRTExportConfig,
     check_parity,
     export_onnx,
     export_onnx_qdq,
@@ -110,6 +111,33 @@ for _f in (
 _MIN_QDQ_OPSET = 13
 
 
+@dataclass(frozen=True)
+class EngineFormat:
+    """A TensorRT engine format: built from one of the ONNX formats written in the same stage."""
+
+    name: str
+    filename: str
+    precision: Literal["fp16", "int8"]
+    onnx: str  # the ONNX format it is built from
+    tolerance: Literal["fp32", "int8"]  # which parity tolerance applies (fp16 uses the int8 limits)
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision == "int8"
+
+
+ENGINE_FORMATS: Registry[EngineFormat] = Registry("engine format")
+for _e in (
+    EngineFormat("tensorrt-fp16", "model.fp16.engine", "fp16", "onnx-fp32", "int8"),
+    EngineFormat("tensorrt-int8", "model.int8.engine", "int8", "onnx-int8", "int8"),
+):
+    ENGINE_FORMATS.register(_e.name)(_e)
+
+
+def _fmt(name: str) -> OnnxFormat | EngineFormat:
+    return ENGINE_FORMATS.get(name) if name in ENGINE_FORMATS else ONNX_FORMATS.get(name)
+
+
 class ExportStageConfig(StageConfig):
     """Settings of the ``export`` stage."""
 
@@ -132,6 +160,9 @@ class ExportStageConfig(StageConfig):
     parity_split: Literal["train", "val", "test"] = Field(
         "val", description="Data split used for the parity checks."
     )
+    tensorrt: TensorRTExportConfig = Field(
+        default_factory=TensorRTExportConfig, description="Engine profiles and builder settings (tensorrt-* formats)."
+    )
 
     @field_validator("formats")
     @classmethod
@@ -143,12 +174,16 @@ class ExportStageConfig(StageConfig):
 
     @model_validator(mode="after")
     def _opset_for_int8(self) -> ExportStageConfig:
-        int8 = [f for f in self.formats if ONNX_FORMATS.get(f).quantized]
+        int8 = [f for f in self.formats if _fmt(f).quantized]
         if int8 and self.opset < _MIN_QDQ_OPSET:
             raise ValueError(
                 f"opset {self.opset} is too old for formats {', '.join(int8)}: per-channel "
                 f"DequantizeLinear needs opset >= {_MIN_QDQ_OPSET}; raise opset or drop them"
             )
+        for f in self.formats:
+            if f in ENGINE_FORMATS and ENGINE_FORMATS.get(f).onnx not in self.formats:
+                need = ENGINE_FORMATS.get(f).onnx
+                raise ValueError(f"{f} is built from {need}: add {need} to formats")
         return self
 
 
@@ -166,7 +201,7 @@ class ExportStage(Stage):
     @classmethod
     def check_order(cls, cfg: Any, earlier: list[tuple[str, Any]]) -> list[str]:
         """INT8 formats need a ``qat`` stage before this one."""
-        int8 = [f for f in cfg.formats if ONNX_FORMATS.get(f).quantized]
+        int8 = [f for f in cfg.formats if _fmt(f).quantized]
         if int8 and not any(kind == "qat" for kind, _ in earlier):
             return [
                 f"{' and '.join(int8)} {'needs' if len(int8) == 1 else 'need'} a qat stage before export "
@@ -175,11 +210,24 @@ class ExportStage(Stage):
             ]
         return []
 
+    @classmethod
+    def missing_dependencies(cls, cfg: Any) -> list[str]:
+        """TensorRT must be importable when an engine format is asked for."""
+        import importlib.util
+
+        engines = [f for f in cfg.formats if f in ENGINE_FORMATS]
+        if engines and importlib.util.find_spec("tensorrt") is None:
+            from compress.export.tensorrt import INSTALL_HINT
+
+            return [f"formats {', '.join(engines)} need TensorRT, which is not installed here: {INSTALL_HINT}"]
+        return []
+
     def run(self, ctx: StageContext, cfg: ExportStageConfig) -> StageResult:
         def fail(msg: str) -> ExportError:
             return ExportError(msg, stage=self.name, yaml_path=ctx.yaml_path)
 
-        formats = [ONNX_FORMATS.get(f) for f in cfg.formats]
+        formats = [ONNX_FORMATS.get(f) for f in cfg.formats if f in ONNX_FORMATS]
+        engines = [ENGINE_FORMATS.get(f) for f in cfg.formats if f in ENGINE_FORMATS]
         int8 = [f.name for f in formats if f.quantized]
         if int8 and not is_quantized(ctx.model):
             raise fail(
@@ -238,6 +286,9 @@ class ExportStage(Stage):
                 "path": rel,
                 **{k: v for k, v in meta.items() if k not in ("flavour", "opset")},
             }
+        for eng in engines:
+            artifacts.append(_build_engine(ctx, cfg, eng, rel_dir, x_par, fail))
+            by_name[eng.name] = {"path": artifacts[-1].path, **artifacts[-1].meta}
         pre_rel = str(rel_dir / PREPROCESS_FILE)
         atomic_write_json(ctx.artifacts_dir / PREPROCESS_FILE, _preprocess(ctx, formats))
         metrics: dict[str, Any] = {"formats": by_name, "preprocess": pre_rel}
@@ -245,6 +296,44 @@ class ExportStage(Stage):
         if "fp32" in sizes and "int8" in sizes:
             metrics["int8_size_ratio"] = sizes["fp32"] / sizes["int8"]
         return StageResult(artifacts=artifacts, metrics=metrics)
+
+
+def _build_engine(ctx: StageContext, cfg: ExportStageConfig, eng: EngineFormat, rel_dir: Path, x_par: Any, fail: Any) -> Artifact:
+    """Build ``eng`` from its ONNX file; check parity on the GPU when TensorRT can run here."""
+    from compress.export import session_parity
+    from compress.export.tensorrt import batch_profiles, build_engine
+    from compress.runtime import open_session
+    from compress.runtime.tensorrt import TrtSession
+
+    onnx_fmt = ONNX_FORMATS.get(eng.onnx)
+    onnx_path = ctx.artifacts_dir / onnx_fmt.filename
+    plan = ctx.artifacts_dir / eng.filename
+    shapes = {INPUT_NAME: ("batch", *ctx.data.input_shape)}
+    try:
+        built = build_engine(
+            onnx_path,
+            plan,
+            precision=eng.precision,
+            profiles=batch_profiles(shapes, cfg.tensorrt.batch_sizes),
+            workspace_mb=cfg.tensorrt.workspace_mb,
+            timing_cache=ctx.artifacts_dir / "tensorrt.timing-cache" if cfg.tensorrt.timing_cache else None,
+        )
+    except ExportError as e:
+        raise fail(f"{eng.name} ({rel_dir / eng.filename}): {e}") from e
+    meta: dict[str, Any] = {"built_from": eng.onnx, "sidecar": str(rel_dir / built.sidecar_path.name), "size_bytes": plan.stat().st_size}
+    ok, why = TrtSession.can_run_here("cuda")
+    if ok:
+        src = onnx_fmt.source(ctx.model)
+        with open_session("tensorrt", plan, device="cuda") as sess:
+            par = session_parity(sess, src, x_par, batch_size=max(cfg.tensorrt.batch_sizes))
+        problems = check_parity(par, getattr(cfg.tolerances, eng.tolerance))
+        if problems:
+            raise fail(f"{eng.name}: differs from its torch source: {'; '.join(problems)}")
+        meta["parity"] = par
+    else:
+        meta["parity"] = None
+        meta["parity_skipped"] = why
+    return Artifact(name=eng.name, path=str(rel_dir / eng.filename), format="tensorrt", precision=eng.precision, meta=meta)
 
 
 def _preprocess(ctx: StageContext, formats: list[OnnxFormat]) -> dict[str, Any]:
