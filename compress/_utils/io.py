@@ -22,21 +22,36 @@ from typing import IO, Any
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on clean exit rename it onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched; an
+    ``OSError`` (disk full, read-only folder) is re-raised with ``filename`` set to ``path``.
+    A temporary file left by a killed process (``.<name>.<random>.tmp``) is removed by the
+    next run in the same run directory.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        _name_file(e, path)
+        raise
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            _name_file(e, path)
         raise
+
+
+def _name_file(e: OSError, path: Path) -> None:
+    """Make an ``OSError`` name the destination (ENOSPC from ``write`` carries no file name)."""
+    if e.filename is None or str(e.filename).endswith(".tmp"):
+        e.filename = str(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

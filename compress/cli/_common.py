@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
 from collections.abc import Callable
@@ -20,7 +21,8 @@ def guarded(fn: Callable[[], T]) -> T:
     """Run ``fn``; turn compress errors into their exit code with a one-message diagnostic.
 
     Bad input (exit 2) and stage failures (exit 3) print no traceback unless ``--debug``.
-    Ctrl-C prints one line and exits 130; the run directory stays resumable.
+    Ctrl-C prints one line and exits 130; the run directory stays resumable. An ``OSError``
+    outside a stage (disk full, I/O error) is exit 3 with the file it concerns.
     """
     try:
         return fn()
@@ -38,7 +40,15 @@ def guarded(fn: Callable[[], T]) -> T:
     except OSError as e:
         if STATE["debug"]:
             traceback.print_exc()
-        typer.echo(f"error: {e.strerror or e} ({getattr(e, 'filename', '') or ''}); earlier results are intact", err=True)
+        where = f" {e.filename}:" if e.filename else ""
+        if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            msg = (
+                f"error:{where} no space left on device; free space or choose a --run-dir on another disk, "
+                "then run the same command again (finished stages are kept)"
+            )
+        else:
+            msg = f"error:{where} {e.strerror or e}; finished stages are kept, run the same command again to resume"
+        typer.echo(msg, err=True)
         raise typer.Exit(code=EXIT_RUNTIME) from None
 
 

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from compress.config.base import CompressConfig
 
-ExportFormat = Literal["onnx-fp32", "onnx-int8", "onnx-int8-u8", "tensorrt-fp16", "tensorrt-int8"]
+ExportFormat = Literal["onnx-fp32", "onnx-int8", "onnx-int8-u8", "tensorrt-fp16", "tensorrt-int8", "torch-fp32"]
 """``onnx-fp32``: float ONNX; ``onnx-int8``: INT8 Q/DQ, signed activations (TensorRT);
 ``onnx-int8-u8``: INT8 Q/DQ, uint8 activations with zero point 128 (ONNX Runtime on x86 CPUs)."""
 

@@ -28,11 +28,13 @@ Q/DQ, see ``compress.quant._onnx``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from compress._utils.registry import Registry
 from compress.models.layers import MatMul
 from compress.quant.config import ActivationQuantConfig, CalibrationConfig, QuantConfig, WeightQuantConfig
 
@@ -40,6 +42,12 @@ _EPS = 1e-8
 """Smallest effective scale; keeps ``x / s`` finite for a scale driven to zero."""
 
 Role = Literal["weight", "activation"]
+
+_MSE_CANDIDATES = 64
+"""Clip candidates tried per batch by MSE calibration: ``amax · k / 64`` for ``k = 1..64``."""
+
+_MSE_MAX_ELEMENTS = 1 << 18
+"""MSE calibration evaluates at most this many elements per batch (an even stride through the tensor)."""
 
 
 def int_range(bits: int) -> tuple[int, int]:
@@ -83,7 +91,7 @@ class FakeQuantizer(nn.Module):
         bits: Bit width; the grid is ``[-2^(b-1), 2^(b-1) - 1]``.
         channels: Number of per-channel scales along axis 0, or ``None`` for one scale.
         learn_scale: Whether ``scale`` receives gradients.
-        method: Calibration statistic for activations (``minmax`` or ``percentile``).
+        method: Calibration statistic for activations (``minmax``, ``percentile`` or ``mse``).
         percentile: Percentile of ``|x|`` for ``method="percentile"``.
 
     Example:
@@ -100,7 +108,7 @@ class FakeQuantizer(nn.Module):
         bits: int = 8,
         channels: int | None = None,
         learn_scale: bool = True,
-        method: Literal["minmax", "percentile"] = "minmax",
+        method: Literal["minmax", "percentile", "mse"] = "minmax",
         percentile: float = 99.99,
     ) -> None:
         super().__init__()
@@ -180,6 +188,8 @@ class FakeQuantizer(nn.Module):
             flat = a.reshape(-1)
             k = max(1, min(flat.numel(), math.ceil(self.percentile / 100.0 * flat.numel())))
             self._stats.append(flat.kthvalue(k).values)
+        elif self.method == "mse":
+            self._stats.append(_mse_amax(x.float(), self.qmin, self.qmax))
         else:
             self._stats.append(a.max())
 
@@ -187,7 +197,8 @@ class FakeQuantizer(nn.Module):
         """Set the scale to ``amax / qmax`` from the recorded statistics and stop observing.
 
         ``amax`` is the running max for weights and ``minmax``, the mean of
-        the per-batch percentiles for ``percentile``. All-zero channels (dead
+        the per-batch percentiles for ``percentile`` and the mean of the
+        per-batch MSE-optimal clips for ``mse``. All-zero channels (dead
         or pruned) get the mean scale of the other channels (1.0 if all are zero),
         so every scale stays positive.
 
@@ -201,7 +212,8 @@ class FakeQuantizer(nn.Module):
                 "the forward_loop must run at least one batch through every quantized layer"
             )
         stacked = torch.stack(self._stats)
-        amax = stacked.mean(0) if (self.method == "percentile" and self.axis is None) else stacked.amax(0)
+        averaged = self.method in ("percentile", "mse") and self.axis is None
+        amax = stacked.mean(0) if averaged else stacked.amax(0)
         self._stats = []
         scale = amax / self.qmax
         pos = scale > 0
@@ -219,6 +231,30 @@ class FakeQuantizer(nn.Module):
             s = s.reshape(-1, *([1] * (x.dim() - 1)))
         return torch.clamp(x.detach() / s, self.qmin, self.qmax).round().to(torch.int8)
 
+    def export_weight(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(int8 codes, float scale)`` such that ``codes · scale`` equals the fake-quantized ``w``.
+
+        The scale has one entry per output channel (``axis`` 0) or is a scalar.
+        Used by the ONNX export (``compress.quant._onnx``); quantizers whose
+        scale depends on the weight itself (ternary) override it.
+        """
+        return self.quantize_int(w), self.effective_scale().detach()
+
+
+def _mse_amax(x: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """The clip ``c`` in ``{amax·k/64}`` minimising ``mean((q_c(x) - x)²)`` with scale ``c / qmax``."""
+    flat = x.reshape(-1)
+    if flat.numel() > _MSE_MAX_ELEMENTS:
+        flat = flat[:: math.ceil(flat.numel() / _MSE_MAX_ELEMENTS)]
+    amax = flat.abs().max()
+    if not bool(amax > 0):
+        return amax
+    k = torch.arange(1, _MSE_CANDIDATES + 1, dtype=flat.dtype, device=flat.device)
+    cands = amax * k / _MSE_CANDIDATES
+    s = (cands / qmax).unsqueeze(1)
+    err = ((torch.clamp(torch.round(flat.unsqueeze(0) / s), qmin, qmax) * s - flat.unsqueeze(0)) ** 2).mean(1)
+    return cands[int(err.argmin())]
+
 
 def calibrate_quantizer_(q: FakeQuantizer, tensors: list[torch.Tensor]) -> None:
     """Calibrate one quantizer on a list of tensors (helper for tests and docs)."""
@@ -228,13 +264,24 @@ def calibrate_quantizer_(q: FakeQuantizer, tensors: list[torch.Tensor]) -> None:
     q.finish_observing_()
 
 
-def _weight_quantizer(cfg: WeightQuantConfig, out_features: int) -> FakeQuantizer:
+WEIGHT_QUANTIZERS: Registry[Callable[[WeightQuantConfig, int], FakeQuantizer]] = Registry(
+    "weight quantization scheme"
+)
+"""``weights.scheme`` -> ``factory(cfg, out_features)`` building the weight quantizer of one layer."""
+
+
+@WEIGHT_QUANTIZERS.register("symmetric")
+def _symmetric_weight_quantizer(cfg: WeightQuantConfig, out_features: int) -> FakeQuantizer:
     return FakeQuantizer(
         role="weight",
         bits=cfg.bits,
         channels=out_features if cfg.per_channel else None,
         learn_scale=cfg.learn_scale,
     )
+
+
+def _weight_quantizer(cfg: WeightQuantConfig, out_features: int) -> FakeQuantizer:
+    return WEIGHT_QUANTIZERS.get(cfg.scheme)(cfg, out_features)
 
 
 def _act_quantizer(cfg: ActivationQuantConfig, cal: CalibrationConfig) -> FakeQuantizer:

@@ -107,11 +107,8 @@ def _act_payload(q: FakeQuantizer, dtype: ActivationDtype) -> _ActivationPayload
 
 
 def _weight_payload(q: FakeQuantizer, weight: torch.Tensor) -> _WeightPayload:
-    return _WeightPayload(
-        codes=q.quantize_int(weight).cpu(),
-        scale=q.effective_scale().detach().to(torch.float32).cpu().clone(),
-        axis=q.axis,
-    )
+    codes, scale = q.export_weight(weight)
+    return _WeightPayload(codes=codes.cpu(), scale=scale.to(torch.float32).cpu().clone(), axis=q.axis)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ scales from the state dict.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from torch import nn
 from compress._utils.registry import Registry
 from compress.models import record_transform, register_transform
 from compress.models.layers import MatMul
+from compress.quant import _ternary as _ternary  # registers weights.scheme 'twn'
 from compress.quant._fake_quant import FakeQuantizer, QuantLinear, QuantMatMul
 from compress.quant.config import QuantConfig
 
@@ -96,7 +98,10 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
     Every module whose exact type has an active ``QUANT_MODULES`` rule is
     replaced: ``nn.Linear`` by ``QuantLinear`` (parameters shared, state-dict
     keys kept) and, with ``quantize_attention_matmuls``, ``MatMul`` by
-    ``QuantMatMul``. The transform is recorded as ``qat`` so ``load_model``
+    ``QuantMatMul``. Each module gets ``cfg.for_module(name)``: the first
+    override whose pattern equals its qualified name, else the first whose
+    glob matches, else the defaults; an override with ``quantize: false``
+    leaves the module in floating point. The transform is recorded as ``qat`` so ``load_model``
     replays it. Scales are unset until ``calibrate_`` runs.
 
     Args:
@@ -107,7 +112,8 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
         ``model``, quantized.
 
     Raises:
-        ValueError: ``model`` is already quantized, or contains nothing to quantize.
+        ValueError: ``model`` is already quantized, contains nothing to quantize, or an
+            override pattern matches no quantizable module (the message lists them).
 
     Example:
         >>> from compress.models import build_model
@@ -122,13 +128,30 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
         )
     rules = [rule for _, rule in QUANT_MODULES.items() if rule.applies(cfg)]
     by_type = {rule.source: rule for rule in rules}
+    targets = [
+        (parent, f"{parent_name}.{child_name}".lstrip("."), child_name, by_type[type(child)])
+        for parent_name, parent in list(model.named_modules())
+        for child_name, child in list(parent.named_children())
+        if type(child) in by_type
+    ]
+    names = [n for _, n, _, _ in targets]
+    unmatched = [
+        o.pattern
+        for o in cfg.overrides
+        if not any(o.pattern == n or fnmatch.fnmatchcase(n, o.pattern) for n in names)
+    ]
+    if unmatched:
+        raise ValueError(
+            f"quant.overrides: pattern(s) {unmatched} match no quantizable module of "
+            f"{type(model).__name__}; quantizable modules: {', '.join(names)}"
+        )
     swapped = 0
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            rule = by_type.get(type(child))
-            if rule is not None:
-                setattr(parent, child_name, rule.convert(child, cfg))
-                swapped += 1
+    for parent, name, child_name, rule in targets:
+        module_cfg = cfg.for_module(name)
+        if module_cfg is None:
+            continue
+        setattr(parent, child_name, rule.convert(getattr(parent, child_name), module_cfg))
+        swapped += 1
     if swapped == 0:
         kinds = ", ".join(r.source.__name__ for r in rules)
         raise ValueError(f"{type(model).__name__} has no module to quantize (looked for {kinds})")

@@ -8,6 +8,8 @@ importing their optional packages (``onnxruntime`` loads on first use).
 
 from compress.runtime import onnxruntime as _onnxruntime  # noqa: F401  (registers 'onnxruntime')
 from compress.runtime import torch_eager as _torch_eager  # noqa: F401  (registers 'torch')
+from compress.runtime import torch_compile as _torch_compile  # noqa: F401  (registers 'torch-compile')
+from compress.runtime import torchao_int8 as _torchao_int8  # noqa: F401  (registers 'torchao-int8')
 from compress.runtime import tensorrt as _tensorrt  # noqa: F401  (registers 'tensorrt'; imports tensorrt lazily)
 from compress.runtime.base import (
     RUNTIMES as RUNTIMES,

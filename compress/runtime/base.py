@@ -95,9 +95,10 @@ class Session(ABC):
     formats: ClassVar[frozenset[str]] = frozenset()
     devices: ClassVar[frozenset[str]] = frozenset({"cpu"})
 
-    def __init__(self, *, device: str, threads: int | None, source: str) -> None:
+    def __init__(self, *, device: str, threads: int | None, source: str, precision: str | None = None) -> None:
         self._device = device
         self._threads = threads
+        self._precision = precision
         self._source = source
         self._inputs: tuple[TensorSpec, ...] = ()
         self._outputs: tuple[TensorSpec, ...] = ()
@@ -108,7 +109,9 @@ class Session(ABC):
     # ----------------------------------------------------------------- public API
 
     @classmethod
-    def load(cls: type[S], source: Any, *, device: str = "cpu", threads: int | None = None) -> S:
+    def load(
+        cls: type[S], source: Any, *, device: str = "cpu", threads: int | None = None, precision: str | None = None
+    ) -> S:
         """Load ``source`` into this runtime.
 
         Args:
@@ -117,6 +120,9 @@ class Session(ABC):
                 accepts (an ``nn.Module`` for torch).
             device: ``cpu`` or ``cuda``.
             threads: Intra-op threads (CPU); ``None`` keeps the runtime's default.
+            precision: Compute precision for runtimes that choose it at load time (torch:
+                ``fp32``, ``fp16``, ``bf16``; torchao: ``int8``); ``None``: the runtime's default.
+                Runtimes that run a file as it is (ONNX Runtime, TensorRT) ignore it.
 
         Returns:
             A ready session.
@@ -139,7 +145,7 @@ class Session(ABC):
         ok, reason = cls.can_run_here(device)
         if not ok:
             raise MissingDependency(f"runtime '{cls.name}' cannot run on {device} here: {reason}")
-        session = cls(device=device, threads=threads, source=_describe(source))
+        session = cls(device=device, threads=threads, source=_describe(source), precision=precision)
         try:
             inputs, outputs = session._load_impl(source)
         except CompressError:
@@ -400,7 +406,9 @@ def register_runtime(name: str) -> Callable[[type[S]], type[S]]:
     return deco
 
 
-def open_session(runtime: str, source: Any, *, device: str = "cpu", threads: int | None = None) -> Session:
+def open_session(
+    runtime: str, source: Any, *, device: str = "cpu", threads: int | None = None, precision: str | None = None
+) -> Session:
     """Load ``source`` into the runtime registered as ``runtime``.
 
     Args:
@@ -408,6 +416,7 @@ def open_session(runtime: str, source: Any, *, device: str = "cpu", threads: int
         source: A path or object that runtime loads (see ``Session.load``).
         device: ``cpu`` or ``cuda``.
         threads: Intra-op threads; ``None`` keeps the runtime's default.
+        precision: Compute precision where the runtime chooses it (see ``Session.load``).
 
     Returns:
         A ready session.
@@ -421,7 +430,7 @@ def open_session(runtime: str, source: Any, *, device: str = "cpu", threads: int
         >>> with open_session("torch", model, threads=2) as sess:  # doctest: +SKIP
         ...     logits = sess.run({"input": x})[0]
     """
-    return RUNTIMES.get(runtime).load(source, device=device, threads=threads)
+    return RUNTIMES.get(runtime).load(source, device=device, threads=threads, precision=precision)
 
 
 def list_runtimes(pattern: str = "*") -> list[str]:

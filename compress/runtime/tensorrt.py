@@ -39,12 +39,12 @@ class TrtSession(Session):
 
         if device != "cuda":
             return False, "TensorRT runs engines on CUDA devices only; use device: cuda"
-        if importlib.util.find_spec("tensorrt") is None:
-            return False, f"TensorRT is not installed: {INSTALL_HINT}"
         import torch
 
         if not torch.cuda.is_available():
-            return False, "no CUDA device is visible (torch.cuda.is_available() is False)"
+            return False, "no CUDA device is visible (torch.cuda.is_available() is False); TensorRT needs an NVIDIA GPU"
+        if importlib.util.find_spec("tensorrt") is None:
+            return False, f"TensorRT is not installed: {INSTALL_HINT}"
         return True, ""
 
     def _load_impl(self, source: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:

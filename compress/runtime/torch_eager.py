@@ -73,27 +73,36 @@ class TorchSession(Session):
                 f"got {type(source).__name__}"
             )
         target = torch.device(self.device)
+        dtype = self._resolve_dtype()
+        if dtype is None:
+            raise BadInputError(
+                f"runtime '{self.name}': precision '{self._precision}' is not one of {', '.join(_DTYPES)}"
+            )
+        if dtype != torch.float32 and target.type == "cpu" and dtype == torch.float16:
+            raise BadInputError(f"runtime '{self.name}': fp16 on CPU is not supported; use fp32 or bf16 on CPU")
         needs_copy = (
             model.training
-            or any(t.is_floating_point() and t.dtype != torch.float32 for t in _tensors(model))
+            or any(t.is_floating_point() and t.dtype != dtype for t in _tensors(model))
             or any(t.device != target for t in _tensors(model))
         )
         if needs_copy:
-            model = copy.deepcopy(model).float().eval().to(target)
+            model = copy.deepcopy(model).to(dtype=dtype).eval().to(target)
+        self._dtype = dtype
+        model = self._prepare(model)
         self._model = model
         self._target = target
         in_shape: tuple[int | str, ...] | None = None
         out_specs: list[TensorSpec]
-        if hasattr(model, "example_inputs"):
+        if hasattr(_unwrap(model), "example_inputs"):
             # example_inputs draws random numbers; keep the caller's RNG stream untouched
             with torch.random.fork_rng(devices=[]), torch.inference_mode():
-                example = model.example_inputs(1)
-                out = model(example.to(target))
+                example = _unwrap(model).example_inputs(1)
+                out = model(example.to(target, dtype=dtype))
             in_shape = (_BATCH, *tuple(example.shape[1:]))
             outs = _as_list(out)
             names = _output_names(len(outs))
             out_specs = [
-                TensorSpec(n, (_BATCH, *tuple(o.shape[1:])), _np_dtype(o.dtype))
+                TensorSpec(n, (_BATCH, *tuple(o.shape[1:])), "float32")  # run() returns float32
                 for n, o in zip(names, outs, strict=True)
             ]
         else:
@@ -107,11 +116,19 @@ class TorchSession(Session):
     def _run_impl(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-        x = torch.from_numpy(np.ascontiguousarray(inputs[_INPUT_NAME])).to(self._target)
+        x = torch.from_numpy(np.ascontiguousarray(inputs[_INPUT_NAME])).to(self._target, dtype=self._dtype)
         with torch.inference_mode():
             out = self._model(x)
-        # a wrong output count is reported by the base class's result check
-        return [o.detach().cpu().numpy() for o in _as_list(out)]
+        # a wrong output count is reported by the base class's result check; outputs go back as float32
+        return [o.detach().float().cpu().numpy() for o in _as_list(out)]
+
+    def _resolve_dtype(self) -> torch.dtype | None:
+        """The torch dtype for the requested precision (``None``: unsupported)."""
+        return _DTYPES.get(self._precision or "fp32")
+
+    def _prepare(self, model: nn.Module) -> nn.Module:
+        """Hook for subclasses (compile, quantize) after the model is on its device and dtype."""
+        return model
 
     def synchronize(self) -> None:
         """Wait for queued CUDA work (no-op on CPU)."""
@@ -122,6 +139,14 @@ class TorchSession(Session):
         if self.threads is not None:
             torch.set_num_threads(self._prev_threads)
         del self._model
+
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The original module behind a ``torch.compile`` wrapper."""
+    return getattr(model, "_orig_mod", model)
 
 
 def _tensors(model: nn.Module) -> list[torch.Tensor]:

@@ -134,8 +134,37 @@ for _e in (
     ENGINE_FORMATS.register(_e.name)(_e)
 
 
-def _fmt(name: str) -> OnnxFormat | EngineFormat:
+TORCH_FORMAT = "torch-fp32"
+"""The float model as a compress model file (spec + state dict, no fake quantizers): what the
+torch runtimes (torch, torch-compile, torchao-int8) load; they choose the compute precision."""
+
+
+class _TorchFormatInfo:
+    quantized = False
+
+
+def _fmt(name: str) -> OnnxFormat | EngineFormat | _TorchFormatInfo:
+    if name == TORCH_FORMAT:
+        return _TorchFormatInfo()
     return ENGINE_FORMATS.get(name) if name in ENGINE_FORMATS else ONNX_FORMATS.get(name)
+
+
+def plain_float_copy(model: nn.Module) -> nn.Module:
+    """The same architecture without structural transforms (fake quantizers), holding the float weights.
+
+    Raises:
+        ExportError: A weight of the plain model has no counterpart in ``model``.
+    """
+    from compress.models import model_from_spec, model_spec
+
+    spec = model_spec(model)
+    plain = model_from_spec({**spec, "transforms": []})
+    own, src = plain.state_dict(), model.state_dict()
+    missing = [k for k in own if k not in src]
+    if missing:
+        raise ExportError(f"cannot strip transforms: {', '.join(missing[:4])} not found in the model")
+    plain.load_state_dict({k: src[k] for k in own})
+    return plain.eval()
 
 
 class ExportStageConfig(StageConfig):
@@ -286,6 +315,9 @@ class ExportStage(Stage):
                 "path": rel,
                 **{k: v for k, v in meta.items() if k not in ("flavour", "opset")},
             }
+        if TORCH_FORMAT in cfg.formats:
+            artifacts.append(_write_torch(ctx, rel_dir, x_par, bs, fail))
+            by_name[TORCH_FORMAT] = {"path": artifacts[-1].path, **artifacts[-1].meta}
         for eng in engines:
             artifacts.append(_build_engine(ctx, cfg, eng, rel_dir, x_par, fail))
             by_name[eng.name] = {"path": artifacts[-1].path, **artifacts[-1].meta}
@@ -296,6 +328,24 @@ class ExportStage(Stage):
         if "fp32" in sizes and "int8" in sizes:
             metrics["int8_size_ratio"] = sizes["fp32"] / sizes["int8"]
         return StageResult(artifacts=artifacts, metrics=metrics)
+
+
+def _write_torch(ctx: StageContext, rel_dir: Path, x_par: Any, bs: int, fail: Any) -> Artifact:
+    """``model.pt``: the float model for torch runtimes, reloaded and checked against its source."""
+    from compress.export import compare_outputs
+    from compress.models import load_model, save_model
+    from compress.train import predict
+
+    src = copy.deepcopy(ctx.model)
+    set_quant_enabled_(src, False)
+    plain = plain_float_copy(src)
+    path = ctx.artifacts_dir / "model.pt"
+    save_model(plain, path)
+    par = compare_outputs(predict(load_model(path), x_par, batch_size=bs).numpy(), predict(src, x_par, batch_size=bs).numpy(), what=str(path))
+    if par["max_abs_error"] > 1e-5:
+        raise fail(f"{TORCH_FORMAT}: the reloaded float model differs from its source (max abs error {par['max_abs_error']:.3g})")
+    return Artifact(name=TORCH_FORMAT, path=str(rel_dir / "model.pt"), format="torch", precision="fp32",
+                    meta={"parity": par, "size_bytes": path.stat().st_size})
 
 
 def _build_engine(ctx: StageContext, cfg: ExportStageConfig, eng: EngineFormat, rel_dir: Path, x_par: Any, fail: Any) -> Artifact:

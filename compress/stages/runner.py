@@ -13,12 +13,16 @@ The runner never branches on a stage's name.
 from __future__ import annotations
 
 import copy
+import errno
+import os
 import platform
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import json
 
 import torch
 import yaml
@@ -31,7 +35,7 @@ from compress.config.api import LoadedPipeline, dump_config
 from compress.data import SOURCES, data_fingerprint, load_or_make_splits
 from compress.errors import BadInputError, CheckpointError, CompressError, StageError
 from compress.models import build_model, load_model, save_model
-from compress.models.registry import load_checkpoint_file, load_state_dict_checked
+from compress.models.registry import load_checkpoint_file, load_state_dict_checked, model_from_spec
 from compress.models.stats import count_macs, count_params
 from compress.stages.base import STAGES, Artifact, StageContext, StageResult
 from compress.train import evaluate
@@ -67,23 +71,140 @@ def _model_metrics(model: torch.nn.Module, data: Any, eval_bs: int) -> dict[str,
     return out
 
 
-def _load_teacher(loaded: LoadedPipeline) -> torch.nn.Module:
+def _load_teacher(loaded: LoadedPipeline, data: Any) -> torch.nn.Module:
+    """Build the teacher, load its checkpoint and check it runs on the data; all before any file is written.
+
+    Every problem is bad input (exit 2) located at ``teacher.config`` or ``teacher.checkpoint``.
+    """
     t = loaded.config.teacher
+    where_cfg = loaded.where(("teacher", "config"))
     try:
         model = build_model(t.family, dict(t.config))
-    except TypeError as e:
-        raise BadInputError(f"{loaded.where(('teacher', 'config'))}: {e}; see the family's builder arguments") from None
+    except CompressError:
+        raise
+    except Exception as e:  # builders raise TypeError, ValueError, ZeroDivisionError, RuntimeError...
+        raise BadInputError(
+            f"{where_cfg}: family '{t.family}' cannot build {dict(t.config)} ({type(e).__name__}: {e}); "
+            "fix teacher.config (see the family's builder arguments)"
+        ) from None
     if t.checkpoint is not None:
-        obj = load_checkpoint_file(t.checkpoint)
-        if isinstance(obj, dict) and obj.get("format") == "compress-model/1":
-            model = load_model(t.checkpoint)
-        else:
-            try:
-                load_state_dict_checked(model, obj, source=str(t.checkpoint))
-            except CheckpointError as e:
-                raise CheckpointError(f"{loaded.where(('teacher', 'checkpoint'))}: {e}") from None
+        model = _load_teacher_checkpoint(loaded, model)
     model.eval()
+    x = data.inputs[:2]
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    except Exception as e:
+        raise BadInputError(
+            f"{where_cfg}: the teacher cannot run on inputs of data source '{loaded.config.data.source}' "
+            f"(shape {tuple(x.shape[1:])}): {type(e).__name__}: {str(e)[:200]}; make teacher.config match "
+            "the data (image size, channels)"
+        ) from None
+    if logits.ndim != 2 or logits.shape[-1] != data.num_classes:
+        got = logits.shape[-1] if logits.ndim == 2 else f"an output of shape {tuple(logits.shape)}"
+        raise BadInputError(
+            f"{where_cfg}: the teacher predicts {got} classes but data source "
+            f"'{loaded.config.data.source}' has {data.num_classes}; set num_classes: {data.num_classes} "
+            "(with a checkpoint trained for it)"
+        )
     return model
+
+
+def _load_teacher_checkpoint(loaded: LoadedPipeline, model: torch.nn.Module) -> torch.nn.Module:
+    """Load ``teacher.checkpoint`` (state dict or compress model file) into ``model``, or refuse it."""
+    t = loaded.config.teacher
+    ck = t.checkpoint
+    where = loaded.where(("teacher", "checkpoint"))
+    try:
+        obj = load_checkpoint_file(ck)
+        if isinstance(obj, dict) and obj.get("format") == "compress-model/1":
+            try:
+                spec = json.loads(obj["spec"])
+                family, saved = spec["family"], dict(spec["config"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{ck}: malformed compress model file (spec: {type(e).__name__}: {e})") from None
+            if family != t.family:
+                raise CheckpointError(
+                    f"{ck}: a compress model file of family '{family}', but teacher.family is '{t.family}'; "
+                    f"set family: {family} or give a '{t.family}' checkpoint"
+                )
+            clash = {k: (v, saved[k]) for k, v in t.config.items() if k in saved and saved[k] != v}
+            if clash:
+                shown = ", ".join(f"{k}: config {a!r} vs file {b!r}" for k, (a, b) in list(clash.items())[:4])
+                raise CheckpointError(
+                    f"{ck}: the compress model file was saved with another architecture ({shown}); "
+                    "drop these keys from teacher.config (the file carries its architecture) or fix them"
+                )
+            model = model_from_spec(spec)
+            load_state_dict_checked(model, obj["state_dict"], source=str(ck))
+        else:
+            load_state_dict_checked(model, obj, source=str(ck))
+    except CheckpointError as e:
+        hint = "" if "refused" in str(e) or "; " in str(e) else "; re-save it with torch.save(model.state_dict(), path)"
+        raise CheckpointError(f"{where}: {e}{hint}") from None
+    except CompressError as e:  # e.g. an unknown family or transform named inside the file
+        raise CheckpointError(f"{where}: {ck}: {e}") from None
+    return model
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory that cannot be a folder (bad input, exit 2) before anything is written."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BadInputError(f"run directory {run_dir}: exists and is not a folder; choose another --run-dir")
+    anc = run_dir.absolute()
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise BadInputError(
+            f"run directory {run_dir}: cannot be created because {anc} is a file, not a folder; "
+            "choose another --run-dir"
+        )
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise BadInputError(f"run directory {run_dir}: {anc} is not writable; choose another --run-dir")
+
+
+def _remove_stale_temp_files(run_dir: Path) -> None:
+    """Delete temporary files of atomic writes that a killed run left behind (``.<name>.*.tmp``)."""
+    for p in run_dir.rglob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _stage_batch_size(cfg: Any, yaml_path: str, pipeline: Any) -> tuple[int, str]:
+    """The training batch size a stage uses and the YAML key that sets it (first ``batch_size`` found)."""
+
+    def find(obj: Any, path: str) -> tuple[int, str] | None:
+        if not hasattr(obj, "model_fields"):
+            return None
+        for name in type(obj).model_fields:
+            v = getattr(obj, name, None)
+            if name == "batch_size" and isinstance(v, int):
+                return v, f"{path}.{name}"
+            hit = find(v, f"{path}.{name}")
+            if hit:
+                return hit
+        return None
+
+    return find(cfg, yaml_path) or (pipeline.data.batch_size, "data.batch_size")
+
+
+def _oom_message(cfg: Any, yaml_path: str, pipeline: Any) -> str:
+    bs, key = _stage_batch_size(cfg, yaml_path, pipeline)
+    if bs > 1:
+        fix = f"try a smaller batch: set {key}: {bs // 2}"
+    else:
+        fix = "the batch is already 1: use a smaller model or a GPU with more memory"
+    return f"CUDA out of memory at batch size {bs}; {fix} (then run the same command again to resume)"
+
+
+def _disk_full_message(e: OSError) -> str:
+    return (
+        f"no space left on device while writing {e.filename or '(unknown file)'}; free space or choose a "
+        "--run-dir on another disk, then run the same command again (finished stages are kept)"
+    )
 
 
 def _artifact_ok(run_dir: Path, rec: dict[str, Any]) -> bool:
@@ -110,8 +231,12 @@ def run_pipeline(
         The outcome; ``exit_code`` 0 when every gate passed, 1 otherwise.
 
     Raises:
-        BadInputError: A problem with the inputs found at run time (exit 2).
-        StageError: A stage failed (exit 3).
+        BadInputError: A problem with the inputs found at run time (exit 2): the run directory
+            cannot be created, the teacher cannot be built, its checkpoint is missing, unsafe,
+            truncated or does not fit. All are found before the run directory is touched.
+        RunLocked: Another live run holds the run directory (exit 2).
+        StageError: A stage failed (exit 3), including NaN/inf loss, CUDA out of memory and a
+            full disk; finished stages stay cached for the next run.
     """
     from compress.report import evaluate_gates, write_reports
 
@@ -119,10 +244,18 @@ def run_pipeline(
     reporter = reporter or Reporter()
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / cfg.name
     t_start = time.perf_counter()
+    # everything that can be bad input is checked before the run directory is touched
+    _check_run_dir(run_dir)
+    torch.manual_seed(cfg.seed)
+    data = SOURCES.get(cfg.data.source)()
+    teacher = _load_teacher(loaded, data)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInputError(f"run directory {run_dir}: cannot create it ({e.strerror}); choose another --run-dir") from None
     with run_lock(run_dir):
+        _remove_stale_temp_files(run_dir)
         atomic_write_text(run_dir / "pipeline.yaml", yaml.safe_dump(dump_config(cfg), sort_keys=False))
-        torch.manual_seed(cfg.seed)
-        data = SOURCES.get(cfg.data.source)()
         split_hash = load_or_make_splits(
             data,
             run_dir / "data" / "splits.json",
@@ -130,7 +263,6 @@ def run_pipeline(
             test_fraction=cfg.data.test_fraction,
             seed=cfg.seed,
         )
-        teacher = _load_teacher(loaded)
         ck = cfg.teacher.checkpoint
         inputs = {
             "compress_version": __version__,
@@ -213,14 +345,24 @@ def run_pipeline(
                 )
                 try:
                     result: StageResult = stage_cls().run(ctx, entry.config)
-                except StageError:
-                    raise
+                except StageError as e:
+                    if e.stage:
+                        raise
+                    raise type(e)(str(e), stage=kind, yaml_path=ctx.yaml_path) from e  # e.g. NaN loss from fit
                 except BadInputError as e:
                     raise type(e)(f"stage '{kind}' ({ctx.yaml_path}): {e}") from e
                 except CompressError as e:
                     raise StageError(str(e), stage=kind, yaml_path=ctx.yaml_path) from e
                 except (KeyboardInterrupt, MemoryError):
                     raise
+                except torch.cuda.OutOfMemoryError as e:
+                    raise StageError(
+                        _oom_message(entry.config, ctx.yaml_path, cfg), stage=kind, yaml_path=ctx.yaml_path
+                    ) from e
+                except OSError as e:
+                    if e.errno in _DISK_FULL:
+                        raise StageError(_disk_full_message(e), stage=kind, yaml_path=ctx.yaml_path) from e
+                    raise StageError(f"{type(e).__name__}: {e}", stage=kind, yaml_path=ctx.yaml_path) from e
                 except Exception as e:
                     raise StageError(f"{type(e).__name__}: {e}", stage=kind, yaml_path=ctx.yaml_path) from e
                 files: dict[str, str] = {}

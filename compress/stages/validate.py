@@ -195,7 +195,10 @@ class ValidateStage(Stage):
         teacher_preds: np.ndarray | None = None
         for model_name, source, rel_path, precision in models:
             try:
-                entry, preds = _measure_model(runtime, source, t.device, t.threads, split, timing)
+                # runtimes that pick the compute precision at load time (torch, torchao) run artifacts at
+                # the target's precision and the teacher in FP32, on the same runtime and shapes
+                run_precision = "fp32" if model_name == TEACHER else t.precision
+                entry, preds = _measure_model(runtime, source, t.device, t.threads, split, timing, run_precision)
             except CompressError as e:
                 out["models"][model_name] = {"error": str(e)}
                 ctx.reporter.line(f"  validate {name}: {model_name}: error: {e}")
@@ -267,13 +270,14 @@ def _measure_model(
     threads: int | None,
     split: _Split,
     timing: dict[str, Any],
+    precision: str | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Load one model and measure memory, accuracy and latency; return metrics and predictions."""
     largest = max(timing["batch_sizes"])
     holder: list[Session] = []
 
     def load_and_run_largest() -> None:
-        sess = runtime.load(source, device=device, threads=threads)
+        sess = runtime.load(source, device=device, threads=threads, precision=precision)
         holder.append(sess)
         sess.run({_single_input(sess): split.rows(largest)})
         sess.synchronize()

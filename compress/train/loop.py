@@ -32,11 +32,21 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, d
 
 @dataclass
 class FitResult:
-    """What ``fit`` returns: per-epoch history and the number of optimizer steps taken."""
+    """What ``fit`` returns: per-epoch history and the number of optimizer steps taken.
+
+    Attributes:
+        history: One row per epoch: ``epoch``, ``step`` (optimizer steps taken by the
+            end of the epoch), mean loss terms and ``val_*`` metrics.
+        steps: Optimizer steps taken.
+        resumed_from_epoch: First epoch run in this call (0 unless resumed).
+        step_evals: With ``eval_every_steps``: one row per evaluation, ``step``,
+            ``epoch`` and ``val_*`` metrics.
+    """
 
     history: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
     resumed_from_epoch: int = 0
+    step_evals: list[dict[str, float]] = field(default_factory=list)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -72,6 +82,15 @@ def make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def steps_per_epoch(data: TaskData, cfg: TrainConfig, *, batch_size: int) -> int:
+    """Optimizer steps ``fit`` takes per epoch: ``ceil(ceil(train / batch) / grad_accum)``.
+
+    ``batch_size`` is the fallback when ``cfg.batch_size`` is unset, as in ``fit``.
+    """
+    bs = cfg.batch_size or batch_size
+    return math.ceil(math.ceil(data.split_size("train") / bs) / cfg.grad_accum)
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -85,6 +104,9 @@ def fit(
     reporter: Reporter = SILENT,
     description: str = "train",
     epochs: int | None = None,
+    max_steps: int | None = None,
+    before_step: Callable[[int], None] | None = None,
+    eval_every_steps: int | None = None,
 ) -> FitResult:
     """Train ``model`` in place on the train split with ``loss_fn``.
 
@@ -101,6 +123,14 @@ def fit(
         reporter: Progress output.
         description: Progress bar label.
         epochs: Overrides ``cfg.epochs``.
+        max_steps: Stop after this many optimizer steps (the last epoch may end
+            early); the learning-rate schedule then spans ``min(max_steps,
+            epochs × steps per epoch)`` steps. ``None``: no cap.
+        before_step: Called with the index of each optimizer step (0-based,
+            counting steps already taken before a resume) before its first
+            micro-batch; e.g. to switch a loss mode on a step schedule.
+        eval_every_steps: Also call ``eval_fn`` after every this many optimizer
+            steps; rows go to ``FitResult.step_evals`` (and the checkpoint).
 
     Returns:
         A ``FitResult`` with per-epoch losses and metrics.
@@ -114,10 +144,15 @@ def fit(
     batches_per_epoch = math.ceil(n_train / bs)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total = steps_per_epoch * n_epochs
+    if max_steps is not None:
+        total = min(total, max_steps)
     opt = make_optimizer(model, cfg)
     sched = make_schedule(opt, cfg, total)
     result = FitResult()
-    key = sha256_json({"cfg": cfg.model_dump(), "bs": bs, "seed": seed, "epochs": n_epochs})
+    key_fields: dict[str, Any] = {"cfg": cfg.model_dump(), "bs": bs, "seed": seed, "epochs": n_epochs}
+    if max_steps is not None or eval_every_steps is not None:
+        key_fields.update(max_steps=max_steps, eval_every_steps=eval_every_steps)
+    key = sha256_json(key_fields)
     start_epoch = 0
     if checkpoint is not None and checkpoint.is_file():
         ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -128,17 +163,22 @@ def fit(
             start_epoch = int(ck["epoch"]) + 1
             result.history = [dict(h) for h in ck["history"]]
             result.steps = int(ck["steps"])
+            result.step_evals = [dict(r) for r in ck.get("step_evals", [])]
             result.resumed_from_epoch = start_epoch
             reporter.line(f"  resuming {description} from epoch {start_epoch}/{n_epochs}")
     params = [p for p in model.parameters() if p.requires_grad]
     with reporter.task(description, total=max(0, (n_epochs - start_epoch) * batches_per_epoch)) as advance:
         for epoch in range(start_epoch, n_epochs):
+            if max_steps is not None and result.steps >= max_steps:
+                break
             torch.manual_seed(seed * 100_003 + epoch)
             model.train()
             sums: dict[str, float] = {}
             count = 0
             opt.zero_grad(set_to_none=True)
             for i, (x, y) in enumerate(data.batches("train", bs, shuffle=True, seed=seed * 100_003 + epoch)):
+                if before_step is not None and i % cfg.grad_accum == 0:
+                    before_step(result.steps)
                 loss, terms = loss_fn(model, x, y)
                 loss_value = loss.detach()
                 if not torch.isfinite(loss_value):
@@ -157,11 +197,30 @@ def fit(
                     sched.step()
                     opt.zero_grad(set_to_none=True)
                     result.steps += 1
+                    stepped = True
+                else:
+                    stepped = False
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * len(y)
                 count += len(y)
                 advance(1, epoch=epoch, loss=loss_value.item())
-            row: dict[str, float] = {"epoch": float(epoch), **{k: v / max(1, count) for k, v in sums.items()}}
+                if (
+                    stepped
+                    and eval_every_steps is not None
+                    and eval_fn is not None
+                    and result.steps % eval_every_steps == 0
+                ):
+                    was = model.training
+                    ev = {f"val_{k}": v for k, v in eval_fn(model).items()}
+                    model.train(was)
+                    result.step_evals.append({"step": float(result.steps), "epoch": float(epoch), **ev})
+                if stepped and max_steps is not None and result.steps >= max_steps:
+                    break
+            row: dict[str, float] = {
+                "epoch": float(epoch),
+                "step": float(result.steps),
+                **{k: v / max(1, count) for k, v in sums.items()},
+            }
             if eval_fn is not None:
                 row.update({f"val_{k}": v for k, v in eval_fn(model).items()})
             result.history.append(row)
@@ -175,6 +234,7 @@ def fit(
                         "optimizer": opt.state_dict(),
                         "schedule": sched.state_dict(),
                         "history": result.history,
+                        "step_evals": result.step_evals,
                     },
                     checkpoint,
                 )

@@ -1,0 +1,47 @@
+"""``torchao-int8``: torchao's dynamic-activation INT8 / INT8-weight kernels on CUDA, compiled.
+
+The GPU INT8 path that can be measured without TensorRT. The float model (the ``torch`` artifact:
+the QAT-trained float weights) is quantized at load time with
+``quantize_(model, Int8DynamicActivationInt8WeightConfig())`` and compiled with CUDA graphs.
+Note: torchao computes its own scales (per-channel weights, per-token dynamic activations);
+it does not use the learned QAT scales. Needs ``pip install torchao`` and a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from torch import nn
+
+from compress.errors import MissingDependency
+from compress.runtime.base import register_runtime
+from compress.runtime.torch_eager import TorchSession
+
+
+@register_runtime("torchao-int8")
+class TorchaoInt8Session(TorchSession):
+    """A float torch model quantized by torchao to dynamic INT8 activations and INT8 weights."""
+
+    devices = frozenset({"cuda"})
+
+    @classmethod
+    def _can_run_here_impl(cls, device: str) -> tuple[bool, str]:
+        ok, why = super()._can_run_here_impl(device)  # CUDA first: the more fundamental reason
+        if not ok:
+            return ok, why
+        if importlib.util.find_spec("torchao") is None:
+            return False, "torchao is not installed: pip install torchao"
+        return True, ""
+
+    def _resolve_dtype(self) -> torch.dtype | None:
+        # what torchao leaves in float (activations between kernels, norms) runs in bf16
+        return torch.bfloat16 if self._precision in (None, "int8", "bf16") else None
+
+    def _prepare(self, model: nn.Module) -> nn.Module:
+        try:
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        except ImportError as e:  # an installed torchao too old or too new for this API
+            raise MissingDependency(f"torchao lacks Int8DynamicActivationInt8WeightConfig ({e}); pip install -U torchao") from e
+        quantize_(model, Int8DynamicActivationInt8WeightConfig())
+        return torch.compile(model, mode="reduce-overhead", dynamic=False)

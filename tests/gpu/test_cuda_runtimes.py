@@ -1,0 +1,33 @@
+"""CUDA runtimes against the FP32 CPU model (skipped without a GPU; run on the device machine)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from compress.runtime import open_session
+from tests._helpers.models import tiny_vit
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize(
+    ("runtime", "precision", "atol"),
+    [("torch", "fp32", 1e-4), ("torch", "fp16", 5e-2), ("torch-compile", "fp16", 5e-2), ("torch-compile", "bf16", 2e-1), ("torchao-int8", "int8", 5e-1)],
+)
+def test_cuda_runtime_matches_cpu_fp32(runtime, precision, atol):
+    if runtime == "torchao-int8" and importlib.util.find_spec("torchao") is None:
+        pytest.skip("torchao is not installed")
+    model = tiny_vit(depth=2, dim=64).eval()
+    x = torch.randn(32, 1, 8, 8)
+    ref = model(x).detach().numpy()
+    with open_session(runtime, model, device="cuda", precision=precision) as sess:
+        for _ in range(3):  # compile / capture, then replay
+            out = sess.run({"input": x.numpy()})[0]
+        sess.synchronize()
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert np.abs(out - ref).max() < atol
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.9
