@@ -7,6 +7,12 @@ one thread per physical core, when ``None``). On ``cuda`` the session uses the
 CUDA execution provider with the CPU provider as fallback for operators CUDA
 lacks; loading fails if ONNX Runtime silently dropped CUDA.
 
+An ``.onnx`` file may keep tensors in *external data* files named by a relative
+``location``. Before ONNX Runtime opens a model, ``check_external_data`` reads the
+graph (not the data) and refuses any location that is absolute or resolves outside
+the model's folder (``../../etc/passwd``, a symlink out), so an artifact cannot make
+the runtime read arbitrary files.
+
 ``onnxruntime`` is imported only when a session is checked or loaded, never at
 ``import compress``.
 """
@@ -14,7 +20,8 @@ lacks; loading fails if ONNX Runtime silently dropped CUDA.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +100,7 @@ class OrtSession(Session):
             )
         if not path.is_file():
             raise BadInputError(f"runtime 'onnxruntime': {path} does not exist; check the artifact path")
+        check_external_data(path)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -131,3 +139,73 @@ def _spec(arg: Any) -> TensorSpec:
     if arg.shape is not None:
         shape = tuple(d if isinstance(d, int) else (d or UNKNOWN_DIM) for d in arg.shape)
     return TensorSpec(name=arg.name, shape=shape, dtype=_ORT_DTYPES.get(arg.type))
+
+
+def check_external_data(path: str | os.PathLike[str]) -> None:
+    """Refuse an ONNX file whose external-data locations leave its folder.
+
+    Reads the graph with ``load_external_data=False`` (the data files are never
+    opened) and checks every tensor stored externally: initializers, sparse
+    initializers, tensors in node attributes, in subgraphs and in functions.
+    A file that ``onnx`` cannot parse is left to ONNX Runtime, which reports it.
+
+    Args:
+        path: The ``.onnx`` file.
+
+    Raises:
+        BadInputError: A ``location`` is empty, absolute, or resolves (through ``..`` or a
+            symlink) outside the model's folder; the message names the tensor and location.
+
+    Example:
+        >>> check_external_data("artifacts/model.fp32.onnx")  # doctest: +SKIP
+    """
+    try:
+        import onnx
+    except ModuleNotFoundError:  # onnx is a core dependency; without it ORT's own checks apply
+        return
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # corrupt file: ONNX Runtime's load error names it
+        return
+    base = path.resolve().parent
+    for tensor in _all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        loc = entries.get("location", "")
+        target = (base / loc).resolve() if loc and not _is_absolute(loc) else None
+        if target is None or not target.is_relative_to(base):
+            why = "no location" if not loc else ("an absolute path" if _is_absolute(loc) else f"outside {base}")
+            raise BadInputError(
+                f"runtime 'onnxruntime': {path}: tensor '{tensor.name}' keeps its data at '{loc}' ({why}); "
+                "refusing to load it: external data must sit in the model's folder, named relative to it "
+                "(e.g. 'model.onnx.data'); re-export the model or move the data file beside it"
+            )
+
+
+def _is_absolute(loc: str) -> bool:
+    return os.path.isabs(loc) or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[1] == ":")
+
+
+def _all_tensors(proto: object) -> Iterator[object]:
+    """Every ``TensorProto`` in a ``ModelProto``: graph, subgraphs and functions."""
+    graphs = [proto.graph]  # type: ignore[attr-defined]
+    node_lists = [list(f.node) for f in proto.functions]  # type: ignore[attr-defined]
+    while graphs or node_lists:
+        if graphs:
+            g = graphs.pop()
+            yield from g.initializer
+            for sp in g.sparse_initializer:
+                yield sp.values
+                yield sp.indices
+            node_lists.append(list(g.node))
+            continue
+        for node in node_lists.pop():
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)

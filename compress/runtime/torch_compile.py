@@ -21,5 +21,23 @@ class TorchCompileSession(TorchSession):
     """A compress model (or ``nn.Module``) under ``torch.compile``."""
 
     def _prepare(self, model: nn.Module) -> nn.Module:
-        mode = "reduce-overhead" if self.device == "cuda" else "default"
-        return torch.compile(model, mode=mode, dynamic=False, fullgraph=False)
+        return compile_for(model, self.device)
+
+    def _close_impl(self) -> None:
+        super()._close_impl()
+        reset_compiled()
+
+
+def compile_for(model: nn.Module, device: str) -> nn.Module:
+    """``torch.compile`` with CUDA graphs on GPU (``reduce-overhead``), inductor's default on CPU."""
+    # Every instance of a model class shares its forward's code object, and dynamo counts
+    # recompiles per code object: sessions reset on close (``reset_compiled``), and a session may
+    # compile a few shapes (each timed batch size, a last partial batch) without falling back to eager.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    mode = "reduce-overhead" if device == "cuda" else "default"
+    return torch.compile(model, mode=mode, dynamic=False, fullgraph=False)
+
+
+def reset_compiled() -> None:
+    """Forget compiled graphs, so the next session compiles its own model from scratch."""
+    torch._dynamo.reset()

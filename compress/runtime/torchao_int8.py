@@ -1,6 +1,8 @@
 """``torchao-int8``: torchao's dynamic-activation INT8 / INT8-weight kernels on CUDA, compiled.
 
-The GPU INT8 path that can be measured without TensorRT. The float model (the ``torch`` artifact:
+The GPU INT8 path that can be measured without TensorRT. ``precision: int8`` quantizes; a float
+precision (``fp32``, ``bf16``) compiles the model unquantized on the same runtime, which is how
+the teacher is measured beside the INT8 artifact (same compiled runtime, same shapes). The float model (the ``torch`` artifact:
 the QAT-trained float weights) is quantized at load time with
 ``quantize_(model, Int8DynamicActivationInt8WeightConfig())`` and compiled with CUDA graphs.
 Note: torchao computes its own scales (per-channel weights, per-token dynamic activations);
@@ -16,6 +18,7 @@ from torch import nn
 
 from compress.errors import MissingDependency
 from compress.runtime.base import register_runtime
+from compress.runtime.torch_compile import compile_for, reset_compiled
 from compress.runtime.torch_eager import TorchSession
 
 
@@ -36,12 +39,19 @@ class TorchaoInt8Session(TorchSession):
 
     def _resolve_dtype(self) -> torch.dtype | None:
         # what torchao leaves in float (activations between kernels, norms) runs in bf16
-        return torch.bfloat16 if self._precision in (None, "int8", "bf16") else None
+        if self._precision in (None, "int8", "bf16"):
+            return torch.bfloat16
+        return torch.float32 if self._precision == "fp32" else None
 
     def _prepare(self, model: nn.Module) -> nn.Module:
         try:
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
         except ImportError as e:  # an installed torchao too old or too new for this API
             raise MissingDependency(f"torchao lacks Int8DynamicActivationInt8WeightConfig ({e}); pip install -U torchao") from e
-        quantize_(model, Int8DynamicActivationInt8WeightConfig())
-        return torch.compile(model, mode="reduce-overhead", dynamic=False)
+        if self._precision in (None, "int8"):
+            quantize_(model, Int8DynamicActivationInt8WeightConfig())
+        return compile_for(model, self.device)
+
+    def _close_impl(self) -> None:
+        super()._close_impl()
+        reset_compiled()
