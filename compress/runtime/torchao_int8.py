@@ -49,9 +49,28 @@ class TorchaoInt8Session(TorchSession):
         except ImportError as e:  # an installed torchao too old or too new for this API
             raise MissingDependency(f"torchao lacks Int8DynamicActivationInt8WeightConfig ({e}); pip install -U torchao") from e
         if self._precision in (None, "int8"):
-            quantize_(model, Int8DynamicActivationInt8WeightConfig())
+            quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=_int8_kernel_fits)
+            self.kept_float = sorted(
+                n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _int8_kernel_fits(m, n)
+            )
         return compile_for(model, self.device)
 
     def _close_impl(self) -> None:
         super()._close_impl()
         reset_compiled()
+
+
+def _int8_kernel_fits(module: nn.Module, fqn: str) -> bool:
+    """Whether torchao's INT8 matmul (``torch._int_mm``) can serve this Linear for every batch size.
+
+    ``torch._int_mm`` needs both weight dimensions to be multiples of 8 and more than 16 rows; a
+    Linear that sees one row per example (the classifier on the [CLS] token, ``head``) gets fewer
+    than 17 rows at small batches, so it stays in bf16 (measured on an H100 with torchao 0.17:
+    "self.size(0) needs to be greater than 16, but got 1"; "mat2.size(1) ... multiple of 8, but got 90").
+    Prune with ``round_to: 8`` to keep widths eligible.
+    """
+    if not isinstance(module, nn.Linear):
+        return False
+    if module.in_features % 8 or module.out_features % 8:
+        return False
+    return not fqn.endswith("head")
