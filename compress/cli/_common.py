@@ -29,7 +29,10 @@ def guarded(fn: Callable[[], T]) -> T:
     except CompressError as e:
         if STATE["debug"]:
             traceback.print_exc()
-        cause = f" (caused by {type(e.__cause__).__name__})" if e.__cause__ is not None and e.exit_code == EXIT_RUNTIME else ""
+        c = e.__cause__
+        # name the underlying error unless the message already does (re-prefixed error, 'TypeError: ...')
+        shown = c is not None and not isinstance(c, CompressError) and type(c).__name__ not in str(e)
+        cause = f" (caused by {type(c).__name__})" if shown and e.exit_code == EXIT_RUNTIME else ""
         typer.echo(f"error: {e}{cause}", err=True)
         if e.exit_code == EXIT_RUNTIME and not STATE["debug"]:
             typer.echo("(run with --debug for the traceback)", err=True)

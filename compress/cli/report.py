@@ -9,6 +9,8 @@ import typer
 
 from compress.cli._common import guarded
 
+_SHAPE = (("manifest_version", int), ("stages", list), ("artifacts", dict))
+
 
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.", exists=True, file_okay=False)],
@@ -25,8 +27,26 @@ def report(
         try:
             manifest = read_json(mpath)
         except ValueError as e:
-            raise BadInputError(f"{mpath}: not valid JSON ({e})") from None
-        write_reports(run_dir, manifest)
+            raise BadInputError(
+                f"{mpath}: not valid JSON ({e}); run `compress run` again to rewrite it"
+            ) from None
+        if not isinstance(manifest, dict):
+            bad: str | None = "it is not a JSON object"
+        else:
+            wrong = [f"'{k}' is missing or not a {t.__name__}" for k, t in _SHAPE
+                     if not isinstance(manifest.get(k), t)]
+            bad = wrong[0] if wrong else None
+        if bad:
+            raise BadInputError(
+                f"{mpath}: not a compress run manifest ({bad}); run `compress run` again to rewrite it"
+            )
+        try:
+            write_reports(run_dir, manifest)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BadInputError(
+                f"{mpath}: not a complete compress run manifest ({type(e).__name__}: {e}); "
+                "run `compress run` again to rewrite it"
+            ) from None
         typer.echo(f"wrote {run_dir / 'report.md'}")
 
     guarded(go)

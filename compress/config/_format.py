@@ -59,15 +59,30 @@ def model_at(root: type[BaseModel], path: YamlPath) -> type[BaseModel] | None:
     return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> YamlPath:
-    """Drop the duplicated union tag pydantic inserts (stages.2.prune.prune -> stages.2.prune)."""
+def _clean_loc(loc: tuple[Any, ...], data: Any = None) -> YamlPath:
+    """The YAML path of a pydantic ``loc``: drop the parts pydantic adds that are not in the document.
+
+    Those are the duplicated union tag (``stages.2.prune.prune`` -> ``stages.2.prune``) and
+    validator or union-member tags (``function-after[...]``, ``list[...]``). A part that is a key
+    of the document at that point is always kept, whatever characters it holds.
+    """
     out: list[Any] = []
+    node = data
     for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            out.append(part)
+            continue
+        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            out.append(part)
+            continue
         if isinstance(part, str) and out and out[-1] == part and len(out) >= 2 and isinstance(out[-2], int):
             continue
         if isinstance(part, str) and (part.startswith("function-") or "[" in part):
             continue
         out.append(part)
+        node = None
     return tuple(out)
 
 
@@ -80,13 +95,13 @@ def format_validation_error(err: ValidationError, doc: YamlDoc, root: type[BaseM
     """One message per pydantic error, each naming file:line, the YAML path, the value and the fix."""
     msgs: list[str] = []
     for e in err.errors(include_url=False):
-        path = _clean_loc(tuple(e["loc"]))
+        path = _clean_loc(tuple(e["loc"]), doc.data)
         line = doc.line_of(path)
         where = f"{doc.file}:{line}" if line else doc.file
         etype = e["type"]
         if etype == "extra_forbidden":
             parent = model_at(root, path[:-1])
-            key = str(path[-1])
+            key = str(path[-1]) if path else "?"
             valid = sorted(parent.model_fields) if parent else []
             hint = did_you_mean(key, valid)
             listing = f"; valid keys here: {', '.join(valid)}" if valid else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 import typing
 from typing import Any
 
@@ -16,7 +17,7 @@ def _type_name(tp: Any) -> str:
         return " | ".join(json.dumps(a) for a in args)
     if origin is typing.Annotated:
         return _type_name(args[0])
-    if origin in (typing.Union, __import__("types").UnionType):
+    if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in args)
     if origin in (list, dict):
         return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"

@@ -136,7 +136,10 @@ def check_order(loaded: LoadedPipeline) -> list[str]:
         earlier = kinds[:i]
         if cls.requires and not (set(earlier) & cls.requires):
             need = " or ".join(sorted(cls.requires))
-            msgs.append(f"{where}: '{entry.kind}' needs a {need} stage before it; add one earlier in stages")
+            article = "an" if need[:1] in "aeiou" else "a"
+            msgs.append(
+                f"{where}: '{entry.kind}' needs {article} {need} stage before it; add one earlier in stages"
+            )
         late = sorted(set(earlier) & cls.before)
         if late:
             msgs.append(
@@ -159,8 +162,13 @@ def _check_references(loaded: LoadedPipeline, deploy_override: Path | None) -> l
     cfg = loaded.config
     msgs: list[str] = []
     ck = cfg.teacher.checkpoint
-    if ck is not None and not Path(ck).is_file():
+    if ck is not None and Path(ck).is_dir():
+        msgs.append(
+            f"{loaded.where(('teacher', 'checkpoint'))}: {ck} is a folder; give the checkpoint file inside it"
+        )
+    elif ck is not None and not Path(ck).is_file():
         msgs.append(f"{loaded.where(('teacher', 'checkpoint'))}: file {ck} not found; fix the path (relative to the YAML)")
+    msgs.extend(_check_teacher_builds(loaded))
     provides_teacher = any(getattr(STAGES.get(e.kind), "provides_teacher", False) for e in cfg.stages)
     if ck is None and not provides_teacher:
         msgs.append(
@@ -192,6 +200,7 @@ def _check_references(loaded: LoadedPipeline, deploy_override: Path | None) -> l
                 validated.add(name)
             except ConfigError as err:
                 msgs.extend(err.problems)
+    msgs.extend(_check_target_artifacts(loaded))
     gates = cfg.gates
     for tname in gates.latency:
         where = loaded.where(("gates", "latency", tname))
@@ -214,6 +223,80 @@ def _check_references(loaded: LoadedPipeline, deploy_override: Path | None) -> l
     return msgs
 
 
+MAX_TEACHER_MODULES = 20_000
+"""Most submodules the teacher may have; a larger count is a typo (``depth: 100000000``) that would
+exhaust memory even on the meta device."""
+
+
+class _TooManyModulesError(Exception):
+    pass
+
+
+def _check_teacher_builds(loaded: LoadedPipeline) -> list[str]:
+    """Build the teacher on PyTorch's ``meta`` device (no memory, no weights) to check ``teacher.config``.
+
+    The runner builds it for real (and loads the checkpoint) before it writes anything; this
+    catches a wrong builder argument already in ``compress validate``, and stops a size typo
+    (``depth: 100000000``) after ``MAX_TEACHER_MODULES`` submodules instead of filling memory.
+    """
+    import torch
+    from torch.nn.modules.module import register_module_module_registration_hook
+
+    from compress.models import build_model
+
+    t = loaded.config.teacher
+    count = 0
+
+    def _count(module: Any, name: str, sub: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_TEACHER_MODULES:
+            raise _TooManyModulesError
+
+    handle = register_module_module_registration_hook(_count)
+    try:
+        with torch.device("meta"):
+            build_model(t.family, dict(t.config))
+    except _TooManyModulesError:
+        return [
+            f"{loaded.where(('teacher', 'config'))}: {dict(t.config)} builds more than "
+            f"{MAX_TEACHER_MODULES:,} modules; check the sizes (depth, layers) in teacher.config"
+        ]
+    except NotImplementedError:
+        return []  # an operation the meta device lacks: the runner's real build decides
+    except Exception as e:  # builders raise TypeError, ValueError, ZeroDivisionError, RuntimeError...
+        return [
+            f"{loaded.where(('teacher', 'config'))}: family '{t.family}' cannot build {dict(t.config)} "
+            f"({type(e).__name__}: {str(e)[:200]}); fix teacher.config (see the family's builder arguments)"
+        ]
+    finally:
+        handle.remove()
+    return []
+
+
+def _check_target_artifacts(loaded: LoadedPipeline) -> list[str]:
+    """Each target a stage names must deploy an artifact among the ``formats`` of earlier stages."""
+    msgs: list[str] = []
+    produced: list[str] = []
+    for i, e in enumerate(loaded.config.stages):
+        names = getattr(e.config, "targets", None)
+        if isinstance(names, list):
+            for j, name in enumerate(names):
+                target = loaded.targets.get(name)
+                if target is None or target.artifact in produced:
+                    continue
+                msgs.append(
+                    f"{loaded.where(('stages', i, e.kind, 'targets', j))}: target '{name}' deploys artifact "
+                    f"'{target.artifact}', which no earlier stage writes (formats written: "
+                    f"{', '.join(produced) or 'none'}); add '{target.artifact}' to the export stage's "
+                    f"formats or change artifact: in {(loaded.deploy_dir or Path('deploy')) / f'{name}.yaml'}"
+                )
+        formats = getattr(e.config, "formats", None)
+        if isinstance(formats, list):
+            produced.extend(str(f) for f in formats)
+    return msgs
+
+
 def load_config(path: str | os.PathLike[str], *, deploy_dir: str | os.PathLike[str] | None = None) -> LoadedPipeline:
     """Read, validate and cross-check a pipeline file. Runs no stage.
 
@@ -233,6 +316,10 @@ def load_config(path: str | os.PathLike[str], *, deploy_dir: str | os.PathLike[s
         ['finetune', 'distill', 'prune', 'qat', 'export', 'validate']
     """
     p = Path(path)
+    if deploy_dir is not None and not Path(deploy_dir).is_dir():
+        raise ConfigError(
+            f"--deploy-dir {deploy_dir}: not a folder; pass the folder that holds the target YAMLs"
+        )
     doc = read_yaml(p)
     model = pipeline_model()
     msgs, bad = _precheck_stages(doc)

@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import types
+import typing
+from typing import Any, Union
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+
+
+def _numeric_not_bool(annotation: Any) -> bool:
+    """Whether a field takes numbers but not booleans (``int``, ``float``, ``int | None``...)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _numeric_not_bool(typing.get_args(annotation)[0])
+    args = typing.get_args(annotation) if origin in (Union, types.UnionType) else (annotation,)
+    return bool(args) and bool not in args and any(a in (int, float) for a in args)
 
 
 class CompressConfig(BaseModel):
-    """Strict, immutable config: unknown keys are errors, values never change after validation."""
+    """Strict, immutable config: unknown keys are errors, values never change after validation.
+
+    Numeric fields refuse booleans: pydantic would read YAML ``true`` as ``1``, which hides a
+    value written in the wrong place.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and _numeric_not_bool(field.annotation):
+                raise ValueError(f"a number, not the boolean {str(v).lower()}; write a number such as 1")
+        return v

@@ -3,8 +3,10 @@
 ``read_yaml`` composes the document with PyYAML's *safe* loader, then builds
 plain Python values while recording ``path -> line`` for every mapping key
 and sequence item. It refuses duplicate keys, tab indentation (with the line),
-non-mapping roots and alias expansion beyond a node budget (the "billion
-laughs" bomb fails fast in bounded memory).
+non-mapping roots, control characters, nesting beyond Python's recursion limit,
+any tag other than the plain YAML types (no ``!!python/...``, ``!!binary``,
+``!!set``) and alias expansion beyond a node budget (the "billion laughs" bomb
+fails fast in bounded memory). Files over ``MAX_BYTES`` are not read.
 
 ``load_config`` turns a pipeline file into a validated config: every problem is
 reported at once, each as ``file:line: yaml.path: what was given; what is
@@ -66,6 +68,29 @@ def _where(file: str, line: int | None) -> str:
     return f"{file}:{line}" if line else file
 
 
+_START = {
+    "pipeline": "write one with `compress init --force {file}`",
+    "deploy target": "copy a shipped target such as deploy/cpu-ort.yaml (fields: `compress schema --target`)",
+}
+_KEYS = {"pipeline": "name:, teacher:, stages: ...", "deploy target": "name:, runtime:, artifact: ..."}
+
+_PLAIN_SCALAR_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:timestamp",
+}
+
+
+def _too_deep(file: str) -> str:
+    return (
+        f"{file}: the YAML nests lists or mappings too deeply for a config "
+        "(Python's recursion limit was reached); flatten it"
+    )
+
+
 class _Builder:
     def __init__(self, file: str, loader: yaml.SafeLoader) -> None:
         self.file = file
@@ -81,10 +106,12 @@ class _Builder:
                 "values (anchors/aliases nested too deep?); write the values out or reduce alias nesting"
             )
         self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+        is_collection = isinstance(node, (yaml.MappingNode, yaml.SequenceNode))
+        if node.tag not in (_PLAIN_TAGS if is_collection else _PLAIN_SCALAR_TAGS):
             raise ConfigError(
                 f"{_where(self.file, node.start_mark.line + 1)}: {format_path(path)}: unsupported YAML tag "
-                f"'{node.tag}'; only plain values, lists and mappings are allowed (no !!python tags)"
+                f"'{node.tag}'; only plain values, lists and mappings are allowed "
+                "(no !!python or !!binary tags)"
             )
         if isinstance(node, yaml.MappingNode):
             self.loader.flatten_mapping(node)
@@ -113,7 +140,8 @@ def read_yaml(path: str | os.PathLike[str], *, what: str = "pipeline") -> YamlDo
     """Parse a YAML file into plain values with a line map (safe loader only).
 
     Raises:
-        ConfigError: Unreadable file, syntax error, empty document, duplicate key, alias bomb.
+        ConfigError: Unreadable or non-UTF-8 file, too large, control characters, syntax error,
+            empty document, duplicate key, unsupported tag, too deep, alias bomb.
     """
     p = Path(path)
     file = str(path)
@@ -126,7 +154,15 @@ def read_yaml(path: str | os.PathLike[str], *, what: str = "pipeline") -> YamlDo
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{file}: cannot read the {what} file as UTF-8 text ({e})") from e
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        raise ConfigError(
+            f"{file}:{line}: YAML cannot contain the control character "
+            f"{(chr(e.character) if isinstance(e.character, int) else e.character)!r}; "
+            f"the {what} file must be plain text (remove it)"
+        ) from None
     try:
         try:
             node = loader.get_single_node()
@@ -140,8 +176,11 @@ def read_yaml(path: str | os.PathLike[str], *, what: str = "pipeline") -> YamlDo
             raise ConfigError(f"{_where(file, line)}: YAML syntax error: {problem}; {hint}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{file}: YAML error: {e}") from None
+        except RecursionError:
+            raise ConfigError(_too_deep(file)) from None
         if node is None:
-            raise ConfigError(f"{file}: the {what} file is empty; start from `compress init {file}`")
+            start = _START.get(what, "fill it in").format(file=file)
+            raise ConfigError(f"{file}: the {what} file is empty; {start}")
         b = _Builder(file, loader)
         try:
             data = b.build(node, ())
@@ -151,9 +190,14 @@ def read_yaml(path: str | os.PathLike[str], *, what: str = "pipeline") -> YamlDo
                 f"{_where(file, mark.line + 1 if mark else None)}: unsupported YAML value ({e.problem}); "
                 "only plain values, lists and mappings are allowed (no !!python tags)"
             ) from None
+        except RecursionError:
+            raise ConfigError(_too_deep(file)) from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):
         kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
-        raise ConfigError(f"{_where(file, node.start_mark.line + 1)}: the {what} file holds {kind}; expected a mapping of keys (name:, teacher:, stages: ...)")
+        raise ConfigError(
+            f"{_where(file, node.start_mark.line + 1)}: the {what} file holds {kind}; "
+            f"expected a mapping of keys ({_KEYS.get(what, 'key: value')})"
+        )
     return YamlDoc(file=file, data=data, lines=b.lines)

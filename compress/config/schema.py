@@ -27,6 +27,11 @@ JsonScalar = Union[int, float, str, bool, None]
 JsonValue = Union[JsonScalar, list[Any], dict[str, Any]]
 
 
+MAX_BUILDER_INT = 2**20
+"""Largest integer accepted in a family's builder config: a typo such as ``depth: 100000000`` would
+otherwise make building the model (even on the meta device) exhaust memory."""
+
+
 class ModelSourceConfig(CompressConfig):
     """Where a model comes from: a registered family built from its config, optionally with weights."""
 
@@ -35,6 +40,23 @@ class ModelSourceConfig(CompressConfig):
     checkpoint: Path | None = Field(
         None, description="State dict (or compress model file) loaded with weights_only=True; relative to the YAML."
     )
+
+    @field_validator("config")
+    @classmethod
+    def _sizes_in_range(cls, v: dict[str, Any]) -> dict[str, Any]:
+        def walk(obj: Any, path: str) -> None:
+            if isinstance(obj, int) and not isinstance(obj, bool) and abs(obj) > MAX_BUILDER_INT:
+                raise ValueError(
+                    f"{path}: {obj} is larger than any model size compress builds "
+                    f"(limit {MAX_BUILDER_INT:,}); check the value"
+                )
+            items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+            for k, x in items:
+                walk(x, f"{path}.{k}" if isinstance(k, str) else f"{path}[{k}]")
+
+        for key, value in v.items():
+            walk(value, key)
+        return v
 
     @field_validator("family")
     @classmethod
@@ -175,7 +197,11 @@ class PipelineConfigBase(CompressConfig):
     @classmethod
     def _name_ok(cls, v: str) -> str:
         if not _NAME_RE.match(v):
-            raise ValueError(f"name '{v}' must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+            shown = v if len(v) <= 40 else v[:37] + "..."
+            raise ValueError(
+                f"name '{shown}' must be 1-64 letters, digits, '_', '-' or '.', "
+                "starting with a letter or digit"
+            )
         return v
 
 

@@ -1,4 +1,5 @@
-"""Quantization-aware training: fake quantizers with LSQ scales, prepare, calibrate, export mode.
+"""Quantization-aware training: fake quantizers (LSQ, ternary TWN), per-layer overrides, prepare,
+calibrate, export mode, and Teacher Intervention (``compress.quant.intervention``).
 
 Example:
     >>> import torch
@@ -10,6 +11,9 @@ Example:
     torch.Size([2, 10])
 """
 
+from compress.quant._fake_quant import (
+    WEIGHT_QUANTIZERS as WEIGHT_QUANTIZERS,
+)
 from compress.quant._fake_quant import (
     FakeQuantizer as FakeQuantizer,
 )
@@ -26,6 +30,12 @@ from compress.quant._fake_quant import (
     lsq_fake_quant as lsq_fake_quant,
 )
 from compress.quant._onnx import onnx_export_mode as onnx_export_mode
+from compress.quant._ternary import (
+    TernaryWeightQuantizer as TernaryWeightQuantizer,
+)
+from compress.quant._ternary import (
+    twn_ternarize as twn_ternarize,
+)
 from compress.quant.api import (
     QUANT_MODULES as QUANT_MODULES,
 )
@@ -60,8 +70,38 @@ from compress.quant.config import (
     CalibrationConfig as CalibrationConfig,
 )
 from compress.quant.config import (
+    InterventionLossesConfig as InterventionLossesConfig,
+)
+from compress.quant.config import (
     QuantConfig as QuantConfig,
 )
 from compress.quant.config import (
+    QuantOverrideConfig as QuantOverrideConfig,
+)
+from compress.quant.config import (
+    TeacherInterventionConfig as TeacherInterventionConfig,
+)
+from compress.quant.config import (
     WeightQuantConfig as WeightQuantConfig,
+)
+from compress.quant.intervention import (
+    ATTENTION_LAYOUTS as ATTENTION_LAYOUTS,
+)
+from compress.quant.intervention import (
+    AttentionLayout as AttentionLayout,
+)
+from compress.quant.intervention import (
+    InterventionObjective as InterventionObjective,
+)
+from compress.quant.intervention import (
+    block_output_mse as block_output_mse,
+)
+from compress.quant.intervention import (
+    find_attention_layout as find_attention_layout,
+)
+from compress.quant.intervention import (
+    intervention_schedule as intervention_schedule,
+)
+from compress.quant.intervention import (
+    train_with_intervention as train_with_intervention,
 )

@@ -115,7 +115,8 @@ class TernaryWeightQuantizer(FakeQuantizer):
         codes, alpha = self._ternarize(w)
         self._remember(alpha)
         w_c = torch.clamp(w, -self.clip, self.clip)
-        return w_c + (codes * self._broadcast(alpha, w) - w_c).detach()
+        # exactly α·codes in the forward (w_c - w_c.detach() is 0), gradient 1 through the clamp
+        return (codes * self._broadcast(alpha, w)).detach() + (w_c - w_c.detach())
 
     def _observe(self, x: torch.Tensor) -> None:
         self._stats.append(self._ternarize(x)[1])

@@ -476,7 +476,7 @@ def block_output_mse(student: nn.Module, teacher: nn.Module, x: torch.Tensor) ->
     block ``l - 1``: the paper's Fig. 2(b)/4(b) measurement.
     """
     blocks = block_names(teacher)
-    taps = {k: t for k, t in _teacher_taps(blocks, None).items()}
+    taps = _teacher_taps(blocks, None)
     was_s, was_t = student.training, teacher.training
     student.eval()
     teacher.eval()
@@ -635,16 +635,15 @@ def train_with_intervention(
             description=f"{description} {phase}",
             epochs=math.ceil(steps / spe),
             max_steps=steps,
-            before_step=lambda i: set_mode(offset + i),
+            before_step=set_mode,
             eval_every_steps=ti.eval_every_steps,
+            step_offset=offset,
         )
         result.steps += res.steps
-        for row in res.history:
-            g = offset + int(row["step"])
-            result.history.append({**row, "phase": phase, "step": g, "mode": mode_at(schedule, g - 1)})
-        for row in res.step_evals:
-            g = offset + int(row["step"])
-            result.step_evals.append({**row, "phase": phase, "step": g, "mode": mode_at(schedule, g - 1)})
+        for rows, into in ((res.history, result.history), (res.step_evals, result.step_evals)):
+            for row in rows:
+                g = int(row["step"])
+                into.append({**row, "phase": phase, "step": g, "mode": mode_at(schedule, g - 1)})
 
     done = checkpoint_dir / f"ti_step1.{key}.pt" if checkpoint_dir is not None else None
     if s > 0:

@@ -176,7 +176,8 @@ def check_external_data(path: str | os.PathLike[str]) -> None:
         loc = entries.get("location", "")
         target = (base / loc).resolve() if loc and not _is_absolute(loc) else None
         if target is None or not target.is_relative_to(base):
-            why = "no location" if not loc else ("an absolute path" if _is_absolute(loc) else f"outside {base}")
+            why = "an absolute path" if _is_absolute(loc) else f"outside {base}"
+            why = why if loc else "no location"
             raise BadInputError(
                 f"runtime 'onnxruntime': {path}: tensor '{tensor.name}' keeps its data at '{loc}' ({why}); "
                 "refusing to load it: external data must sit in the model's folder, named relative to it "

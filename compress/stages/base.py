@@ -121,6 +121,7 @@ class StageContext:
         checkpoint: str = "train.ckpt",
         seed_offset: int = 0,
         epochs: int | None = None,
+        **fit_options: Any,
     ) -> Any:
         """``compress.train.fit`` with this stage's data, batch size, seed, checkpoint file, val
         evaluation and progress bar: the one way a stage trains.
@@ -133,6 +134,7 @@ class StageContext:
             checkpoint: File name in the stage folder for the per-epoch checkpoint (resume).
             seed_offset: Added to the stage seed (different shuffles for repeated fits).
             epochs: Overrides ``train.epochs``.
+            **fit_options: Further ``compress.train.fit`` keywords (``max_steps``, ``before_step``...).
 
         Returns:
             The ``FitResult``.
@@ -151,6 +153,7 @@ class StageContext:
             reporter=self.reporter,
             description=f"[{self.index + 1}] {label}",
             epochs=epochs,
+            **fit_options,
         )
 
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import copy
 import errno
+import json
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import json
 
 import torch
 import yaml
@@ -122,7 +122,9 @@ def _load_teacher_checkpoint(loaded: LoadedPipeline, model: torch.nn.Module) -> 
                 spec = json.loads(obj["spec"])
                 family, saved = spec["family"], dict(spec["config"])
             except (KeyError, TypeError, ValueError) as e:
-                raise CheckpointError(f"{ck}: malformed compress model file (spec: {type(e).__name__}: {e})") from None
+                raise CheckpointError(
+                    f"{ck}: malformed compress model file (spec: {type(e).__name__}: {e})"
+                ) from None
             if family != t.family:
                 raise CheckpointError(
                     f"{ck}: a compress model file of family '{family}', but teacher.family is '{t.family}'; "
@@ -140,11 +142,33 @@ def _load_teacher_checkpoint(loaded: LoadedPipeline, model: torch.nn.Module) -> 
         else:
             load_state_dict_checked(model, obj, source=str(ck))
     except CheckpointError as e:
-        hint = "" if "refused" in str(e) or "; " in str(e) else "; re-save it with torch.save(model.state_dict(), path)"
-        raise CheckpointError(f"{where}: {e}{hint}") from None
+        raise CheckpointError(f"{where}: {_checkpoint_problem(ck, e)}") from None
     except CompressError as e:  # e.g. an unknown family or transform named inside the file
         raise CheckpointError(f"{where}: {ck}: {e}") from None
     return model
+
+
+def _checkpoint_problem(ck: Path, e: CheckpointError) -> str:
+    """The message for a refused checkpoint, telling a file that needs code from a corrupt one.
+
+    ``torch.load(weights_only=True)`` raises the same ``UnpicklingError`` for both; only its text
+    says which: it names a "GLOBAL <module.name>" to import (code) or another unpickler error (bytes).
+    """
+    _fix = "re-save it with torch.save(model.state_dict(), path)"
+    detail = str(e.__cause__ or "")
+    code = re.search(r"GLOBAL ([\w.]+)", detail)
+    if code:
+        return (
+            f"{ck}: refused: loading it would import and run Python code ({code.group(1)}); compress loads "
+            f"only tensors and plain containers (weights_only=True); {_fix}"
+        )
+    if "WeightsUnpickler error" in detail:
+        reason = detail.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0].strip()
+        return (
+            f"{ck}: not a readable torch checkpoint (corrupt or not written by torch.save: {reason}); {_fix}"
+        )
+    text = str(e)
+    return text if "; " in text else f"{text}; {_fix}"
 
 
 def _check_run_dir(run_dir: Path) -> None:
@@ -252,7 +276,9 @@ def run_pipeline(
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise BadInputError(f"run directory {run_dir}: cannot create it ({e.strerror}); choose another --run-dir") from None
+        raise BadInputError(
+            f"run directory {run_dir}: cannot create it ({e.strerror}); choose another --run-dir"
+        ) from None
     with run_lock(run_dir):
         _remove_stale_temp_files(run_dir)
         atomic_write_text(run_dir / "pipeline.yaml", yaml.safe_dump(dump_config(cfg), sort_keys=False))

@@ -107,6 +107,7 @@ def fit(
     max_steps: int | None = None,
     before_step: Callable[[int], None] | None = None,
     eval_every_steps: int | None = None,
+    step_offset: int = 0,
 ) -> FitResult:
     """Train ``model`` in place on the train split with ``loss_fn``.
 
@@ -127,10 +128,15 @@ def fit(
             early); the learning-rate schedule then spans ``min(max_steps,
             epochs × steps per epoch)`` steps. ``None``: no cap.
         before_step: Called with the index of each optimizer step (0-based,
-            counting steps already taken before a resume) before its first
-            micro-batch; e.g. to switch a loss mode on a step schedule.
-        eval_every_steps: Also call ``eval_fn`` after every this many optimizer
-            steps; rows go to ``FitResult.step_evals`` (and the checkpoint).
+            plus ``step_offset``, counting steps taken before a resume) before
+            its first micro-batch; e.g. to switch a loss mode on a step schedule.
+        eval_every_steps: Also call ``eval_fn`` whenever ``step_offset`` + the
+            optimizer steps taken is a multiple of this; rows go to
+            ``FitResult.step_evals`` (and the checkpoint).
+        step_offset: Optimizer steps taken before this call by an earlier
+            training phase: shifts the step index seen by ``before_step``,
+            ``eval_every_steps`` and the ``step`` of history rows (not
+            ``FitResult.steps``, which counts this call's steps).
 
     Returns:
         A ``FitResult`` with per-epoch losses and metrics.
@@ -150,8 +156,8 @@ def fit(
     sched = make_schedule(opt, cfg, total)
     result = FitResult()
     key_fields: dict[str, Any] = {"cfg": cfg.model_dump(), "bs": bs, "seed": seed, "epochs": n_epochs}
-    if max_steps is not None or eval_every_steps is not None:
-        key_fields.update(max_steps=max_steps, eval_every_steps=eval_every_steps)
+    if max_steps is not None or eval_every_steps is not None or step_offset:
+        key_fields.update(max_steps=max_steps, eval_every_steps=eval_every_steps, step_offset=step_offset)
     key = sha256_json(key_fields)
     start_epoch = 0
     if checkpoint is not None and checkpoint.is_file():
@@ -178,7 +184,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             for i, (x, y) in enumerate(data.batches("train", bs, shuffle=True, seed=seed * 100_003 + epoch)):
                 if before_step is not None and i % cfg.grad_accum == 0:
-                    before_step(result.steps)
+                    before_step(step_offset + result.steps)
                 loss, terms = loss_fn(model, x, y)
                 loss_value = loss.detach()
                 if not torch.isfinite(loss_value):
@@ -208,17 +214,18 @@ def fit(
                     stepped
                     and eval_every_steps is not None
                     and eval_fn is not None
-                    and result.steps % eval_every_steps == 0
+                    and (step_offset + result.steps) % eval_every_steps == 0
                 ):
                     was = model.training
                     ev = {f"val_{k}": v for k, v in eval_fn(model).items()}
                     model.train(was)
-                    result.step_evals.append({"step": float(result.steps), "epoch": float(epoch), **ev})
+                    at = float(step_offset + result.steps)
+                    result.step_evals.append({"step": at, "epoch": float(epoch), **ev})
                 if stepped and max_steps is not None and result.steps >= max_steps:
                     break
             row: dict[str, float] = {
                 "epoch": float(epoch),
-                "step": float(result.steps),
+                "step": float(step_offset + result.steps),
                 **{k: v / max(1, count) for k, v in sums.items()},
             }
             if eval_fn is not None:
