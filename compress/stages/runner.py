@@ -353,6 +353,7 @@ def run_pipeline(
                 status = "cached"
             else:
                 done_path.unlink(missing_ok=True)
+                _claim_stage_dir(sdir, key, fresh=fresh)
                 ctx = StageContext(
                     run_dir=run_dir,
                     stage_dir=sdir,
@@ -446,6 +447,24 @@ def run_pipeline(
         write_reports(run_dir, manifest)
         exit_code = 0 if manifest["verdict"] == "pass" else 1
         return RunOutcome(run_dir=run_dir, exit_code=exit_code, gates=gates, manifest=manifest)
+
+
+def _claim_stage_dir(sdir: Path, key: str, *, fresh: bool) -> None:
+    """Make ``sdir`` this stage key's: files left by another key (an upstream change, ``--fresh``) are removed.
+
+    A stage's per-epoch checkpoint is only valid for the inputs it was written with; the training
+    loop's own key covers the stage config, not the model entering the stage, so the runner marks
+    the folder with the stage key (``stage.key``) and clears it when the key differs.
+    """
+    import shutil
+
+    marker = sdir / "stage.key"
+    old = marker.read_text().strip() if marker.is_file() else None
+    if fresh or (old is not None and old != key) or (old is None and any(sdir.iterdir())):
+        shutil.rmtree(sdir)
+        sdir.mkdir(parents=True)
+    if old != key or fresh:
+        atomic_write_text(marker, key + "\n")
 
 
 def _summary_line(i: int, n: int, sid: str, status: str, record: dict[str, Any]) -> str:

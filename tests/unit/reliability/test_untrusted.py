@@ -98,7 +98,10 @@ def test_planted_pickle_as_a_training_checkpoint_never_runs(tmp_path: Path) -> N
     p = write_pipeline(tmp_path, text)
     rd = tmp_path / "run"
     marker = tmp_path / "PWNED"
-    (rd / "stages" / "01-finetune").mkdir(parents=True)
+    # a finished run, then a "crash" of its stage: the folder keeps its stage key, so the planted
+    # checkpoint is the one the resume reads (a folder of another key would be cleared unread)
+    assert cli("run", p, "--run-dir", rd, "--quiet").exit_code == 0
+    (rd / "stages" / "01-finetune" / "result.json").unlink()
     torch.save({"key": _Plant(marker)}, rd / "stages" / "01-finetune" / "train.ckpt")
     r = cli("run", p, "--run-dir", rd, "--quiet")
     assert not marker.exists()

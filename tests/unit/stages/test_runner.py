@@ -115,3 +115,18 @@ def test_kill_9_then_resume_gives_identical_results(tmp_path, when):
     out = run_pipeline(load_config(p), run_dir=rd)
     assert out.exit_code == 0
     assert hashes(rd) == hashes(ref)
+
+
+def test_stage_dir_of_another_key_is_cleared_before_the_stage_runs(tmp_path):
+    p = write(tmp_path)
+    rd = tmp_path / "run"
+    run_pipeline(load_config(p), run_dir=rd)
+    sdir = rd / "stages/02-distill"
+    assert (sdir / "stage.key").read_text().strip() == json.loads((sdir / "result.json").read_text())["key"]
+    # an upstream change: distill's key changes, so a checkpoint left in its folder must not be resumed
+    (sdir / "train.ckpt").write_bytes(b"stale checkpoint of another model")
+    p.write_text(PIPE.replace("finetune: {train: {epochs: 2", "finetune: {train: {epochs: 1"))
+    out = run_pipeline(load_config(p), run_dir=rd)
+    assert [s["status"] for s in out.manifest["stages"]] == ["ran", "ran"]
+    assert not (sdir / "train.ckpt").exists()
+    assert (sdir / "stage.key").read_text().strip() == out.manifest["stages"][1]["key"]
