@@ -78,6 +78,21 @@ def parity(
         sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise ExportError(f"ONNX Runtime cannot load {onnx_path}: {e}") from e
+    def run(xb: torch.Tensor) -> np.ndarray:
+        try:
+            return sess.run(None, {INPUT_NAME: xb.numpy().astype(np.float32)})[0]
+        except Exception as e:
+            raise ExportError(
+                f"ONNX Runtime failed to run {onnx_path} on a batch of shape {tuple(xb.shape)}: {e}"
+            ) from e
+
+    return _batched_parity(run, torch_model, inputs, batch_size=batch_size, what=str(onnx_path))
+
+
+def _batched_parity(
+    run: Any, torch_model: nn.Module, inputs: torch.Tensor, *, batch_size: int, what: str
+) -> dict[str, float]:
+    """Run ``run(batch) -> logits`` and the torch model (eval, no grad) batch by batch, then compare."""
     was = torch_model.training
     torch_model.eval()
     got, ref = [], []
@@ -85,16 +100,11 @@ def parity(
         with torch.no_grad():
             for i in range(0, len(inputs), batch_size):
                 xb = inputs[i : i + batch_size]
-                try:
-                    got.append(sess.run(None, {INPUT_NAME: xb.numpy().astype(np.float32)})[0])
-                except Exception as e:
-                    raise ExportError(
-                        f"ONNX Runtime failed to run {onnx_path} on a batch of shape {tuple(xb.shape)}: {e}"
-                    ) from e
+                got.append(run(xb))
                 ref.append(torch_model(xb).float().numpy())
     finally:
         torch_model.train(was)
-    return compare_outputs(np.concatenate(got), np.concatenate(ref), what=str(onnx_path))
+    return compare_outputs(np.concatenate(got), np.concatenate(ref), what=what)
 
 
 def compare_outputs(got: np.ndarray, ref: np.ndarray, *, what: str = "artifact") -> dict[str, float]:
@@ -125,18 +135,13 @@ def compare_outputs(got: np.ndarray, ref: np.ndarray, *, what: str = "artifact")
 def session_parity(session: Any, torch_model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256) -> dict[str, float]:
     """Parity of a loaded runtime ``Session`` (any backend) against a torch model on ``inputs``."""
     name = session.inputs[0].name
-    was = torch_model.training
-    torch_model.eval()
-    got, ref = [], []
-    try:
-        with torch.no_grad():
-            for i in range(0, len(inputs), batch_size):
-                xb = inputs[i : i + batch_size]
-                got.append(session.run({name: xb.numpy().astype(np.float32)})[0])
-                ref.append(torch_model(xb).float().numpy())
-    finally:
-        torch_model.train(was)
-    return compare_outputs(np.concatenate(got), np.concatenate(ref), what=session.source)
+    return _batched_parity(
+        lambda xb: session.run({name: xb.numpy().astype(np.float32)})[0],
+        torch_model,
+        inputs,
+        batch_size=batch_size,
+        what=session.source,
+    )
 
 
 def check_parity(result: dict[str, Any], tolerance: ParityToleranceConfig) -> list[str]:

@@ -135,11 +135,7 @@ def qdq_summary(model: Any) -> dict[str, Any]:
 
     proto = onnx.load(str(model)) if isinstance(model, str | os.PathLike) else model
     g = proto.graph
-    inits = {i.name: i for i in g.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    inits, consumers = _graph_index(g)
     weights = 0
     code_lo, code_hi = 0, 0
     weight_axes: dict[str, set[int]] = {}
@@ -208,17 +204,23 @@ def _constants_to_initializers(proto: Any) -> None:
     g.node.extend(keep)
 
 
+def _graph_index(g: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """Initializers by name, and the nodes consuming each tensor name."""
+    inits = {i.name: i for i in g.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return inits, consumers
+
+
 def _fold_weight_transposes(proto: Any) -> None:
     """``DQ(int8 W, axis=a) → Transpose(perm)`` becomes ``DQ(int8 Wᵀ, axis=perm.index(a))``."""
     import onnx
     from onnx import numpy_helper
 
     g = proto.graph
-    inits = {i.name: i for i in g.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    inits, consumers = _graph_index(g)
     graph_outputs = {o.name for o in g.output}
     drop: list[Any] = []
     for n in list(g.node):

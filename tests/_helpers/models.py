@@ -21,3 +21,38 @@ def digits(tmp_path: Path, seed: int = 0) -> TaskData:
     data = SOURCES.get("digits")()
     load_or_make_splits(data, tmp_path / "splits.json", val_fraction=0.15, test_fraction=0.15, seed=seed)
     return data
+
+
+def stage_context(
+    run_dir: Path,
+    data: TaskData,
+    model: torch.nn.Module,
+    *,
+    kind: str,
+    index: int,
+    teacher: torch.nn.Module | None = None,
+    reporter=None,  # noqa: ANN001  (a compress Reporter; silent by default)
+    seed: int = 1,
+):  # noqa: ANN201  (compress.stages.StageContext)
+    """A ``StageContext`` for running one stage by hand (no pipeline file, no runner)."""
+    from types import SimpleNamespace
+
+    from compress._utils.progress import SILENT
+    from compress.stages import StageContext
+
+    return StageContext(
+        run_dir=run_dir,
+        stage_dir=run_dir / "stages" / f"{index + 1:02d}-{kind}",
+        artifacts_dir=run_dir / "artifacts",
+        index=index,
+        yaml_path=f"stages[{index}].{kind}",
+        pipeline=SimpleNamespace(data=SimpleNamespace(batch_size=64, eval_batch_size=256)),  # type: ignore[arg-type]
+        data=data,
+        teacher=teacher if teacher is not None else model,
+        model=model,
+        artifacts={},
+        history={},
+        targets={},
+        seed=seed,
+        reporter=reporter if reporter is not None else SILENT,
+    )

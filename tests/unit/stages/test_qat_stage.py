@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pydantic
@@ -11,12 +10,11 @@ import pytest
 import torch
 
 import compress.stages.qat as qat_module
-from compress._utils.progress import SILENT
 from compress.quant import QuantLinear, is_quantized, quantizers
 from compress.stages import STAGES, StageContext
 from compress.stages.qat import QATStage, QATStageConfig
 from compress.train import evaluate
-from tests._helpers.models import digits, tiny_vit
+from tests._helpers.models import digits, tiny_vit, stage_context
 
 
 @pytest.fixture(scope="module")
@@ -27,22 +25,7 @@ def data(tmp_path_factory: pytest.TempPathFactory):
 def _ctx(
     tmp_path: Path, data: Any, model: torch.nn.Module, teacher: torch.nn.Module | None = None
 ) -> StageContext:
-    return StageContext(
-        run_dir=tmp_path,
-        stage_dir=tmp_path / "stages" / "02-qat",
-        artifacts_dir=tmp_path / "artifacts",
-        index=1,
-        yaml_path="stages[1].qat",
-        pipeline=SimpleNamespace(data=SimpleNamespace(batch_size=64, eval_batch_size=256)),  # type: ignore[arg-type]
-        data=data,
-        teacher=teacher if teacher is not None else model,
-        model=model,
-        artifacts={},
-        history={},
-        targets={},
-        seed=1,
-        reporter=SILENT,
-    )
+    return stage_context(tmp_path, data, model, kind="qat", index=1, teacher=teacher)
 
 
 def test_registered_with_ordering():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pydantic
@@ -14,10 +13,9 @@ from compress._utils.progress import Reporter
 from compress.errors import StageError
 from compress.export import export_onnx_qdq, parity
 from compress.quant import TernaryWeightQuantizer, is_quantized
-from compress.stages import StageContext
 from compress.stages.qat import QATStage, QATStageConfig
 from compress.train import evaluate
-from tests._helpers.models import digits, tiny_vit
+from tests._helpers.models import digits, tiny_vit, stage_context
 
 W2A8 = {
     "weights": {"scheme": "twn"},
@@ -36,22 +34,7 @@ def data(tmp_path_factory: pytest.TempPathFactory):
 def _ctx(
     tmp_path: Path, data: Any, model: torch.nn.Module, teacher: torch.nn.Module | None = None, **kw: Any
 ):
-    return StageContext(
-        run_dir=tmp_path,
-        stage_dir=tmp_path / "stages" / "02-qat",
-        artifacts_dir=tmp_path / "artifacts",
-        index=1,
-        yaml_path="stages[1].qat",
-        pipeline=SimpleNamespace(data=SimpleNamespace(batch_size=64, eval_batch_size=256)),  # type: ignore[arg-type]
-        data=data,
-        teacher=teacher if teacher is not None else model,
-        model=model,
-        artifacts={},
-        history={},
-        targets={},
-        seed=1,
-        reporter=kw.get("reporter", Reporter(silent=True)),
-    )
+    return stage_context(tmp_path, data, model, kind="qat", index=1, teacher=teacher, reporter=kw.get("reporter"))
 
 
 def test_teacher_intervention_config_is_accepted_and_checked():
