@@ -27,10 +27,12 @@ def list_(
             from compress._utils.registry import did_you_mean
 
             raise BadInputError(f"KIND: got '{kind}'{did_you_mean(kind, list(regs))}; expected one of: {', '.join(regs)}")
-        for name in regs[kind].names(pattern):
+        names = regs[kind].names(pattern)
+        width = max([16, *(len(n) + 1 for n in names)])
+        for name in names:
             obj = regs[kind].get(name)
             desc = getattr(obj, "description", "") or (obj.__doc__ or "").strip().splitlines()[0:1]
             desc = desc if isinstance(desc, str) else (desc[0] if desc else "")
-            typer.echo(f"{name:<16} {desc}")
+            typer.echo(f"{name:<{width}}{desc}")
 
     guarded(go)

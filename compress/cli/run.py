@@ -26,7 +26,11 @@ def run(
     from compress.stages.runner import run_pipeline
 
     def go() -> int:
+        from compress.train import distributed
+
         loaded = load_config(file, deploy_dir=deploy_dir)
+        if distributed.init_from_env():
+            return _run_distributed(loaded, run_dir, fresh=fresh, quiet=quiet)
         out = run_pipeline(loaded, run_dir=run_dir, fresh=fresh, reporter=Reporter(quiet=quiet))
         failed = [g for g in out.gates if not g["passed"]]
         for g in failed:
@@ -40,3 +44,37 @@ def run(
 
     code = guarded(go)
     raise typer.Exit(code=code)
+
+
+def _run_distributed(loaded: object, run_dir: Path | None, *, fresh: bool, quiet: bool) -> int:
+    """One rank of ``torchrun ... -m compress run``: rank 0 works in the run directory; every other
+    rank works in a private copy of it (so all ranks see the same cached stages and take the same
+    steps) that is deleted at the end. Training steps are shared through DistributedDataParallel."""
+    import shutil
+    import tempfile
+
+    from compress._utils.progress import Reporter
+    from compress.stages.runner import run_pipeline
+    from compress.train import distributed
+
+    real = Path(run_dir) if run_dir is not None else Path("runs") / loaded.config.name  # type: ignore[attr-defined]
+    distributed.barrier()
+    scratch: Path | None = None
+    if not distributed.is_main():
+        scratch = Path(tempfile.mkdtemp(prefix=f"compress-rank{distributed.rank()}-"))
+        target = scratch / "run"
+        if real.is_dir():
+            shutil.copytree(real, target, ignore=shutil.ignore_patterns("*.lock", ".lock*"))
+        real = target
+    distributed.barrier()
+    try:
+        out = run_pipeline(loaded, run_dir=real, fresh=fresh, reporter=Reporter(quiet=quiet or scratch is not None))  # type: ignore[arg-type]
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        distributed.barrier()
+        distributed.shutdown()
+    if scratch is None:
+        verdict = "PASS" if out.exit_code == 0 else "FAIL"
+        typer.echo(f"{verdict}: report {out.run_dir / 'report.md'}")
+    return out.exit_code

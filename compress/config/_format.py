@@ -6,7 +6,7 @@ import types
 import typing
 from typing import Any, Union
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Discriminator, Tag, ValidationError
 
 from compress._utils.registry import did_you_mean
 from compress.config.loader import YamlDoc, YamlPath, format_path
@@ -28,22 +28,55 @@ def _unwrap(tp: Any) -> Any:
     return tp
 
 
-def model_at(root: type[BaseModel], path: YamlPath) -> type[BaseModel] | None:
-    """The config model class that the mapping at ``path`` is validated into (or None)."""
+def _pick_member(tp: Any, node: Any) -> Any:
+    """For ``Annotated[Union[...], Discriminator(fn)]``, the member ``fn`` picks for the document ``node``.
+
+    Any other type (or no node to look at) is returned unchanged.
+    """
+    if typing.get_origin(tp) is not typing.Annotated or node is None:
+        return tp
+    inner, *meta = typing.get_args(tp)
+    disc = next((m for m in meta if isinstance(m, Discriminator) and callable(m.discriminator)), None)
+    if disc is None:
+        return tp
+    try:
+        tag = disc.discriminator(node)
+    except Exception:  # the discriminator of a malformed node: fall back to the first member
+        return tp
+    for member in typing.get_args(inner):
+        if typing.get_origin(member) is typing.Annotated and any(
+            isinstance(m, Tag) and m.tag == tag for m in typing.get_args(member)[1:]
+        ):
+            return member
+    return tp
+
+
+def model_at(root: type[BaseModel], path: YamlPath, data: Any = None) -> type[BaseModel] | None:
+    """The config model class that the mapping at ``path`` is validated into (or None).
+
+    ``data`` (the parsed document) lets a union discriminated by a function (``data:`` by its
+    ``source``) resolve to the member the document picks.
+    """
     from compress.stages import STAGES
 
     cur: Any = root
+    node: Any = data
     i = 0
     while i < len(path):
         part = path[i]
-        cur = _unwrap(cur)
+        cur = _unwrap(_pick_member(cur, node))
         if isinstance(cur, type) and issubclass(cur, BaseModel):
             if part not in cur.model_fields:
                 return None
-            cur = cur.model_fields[part].annotation
+            f = cur.model_fields[part]
+            # pydantic moves a field's discriminator from the annotation into its metadata
+            disc = [m for m in f.metadata if isinstance(m, Discriminator)]
+            cur = typing.Annotated[(f.annotation, *disc)] if disc else f.annotation
+            node = _child(node, part)
             if part == "stages" and len(path) > i + 2 and path[i + 2] in STAGES:
                 # stages[i].<kind>...: the kind picks the stage's config class
                 cur = STAGES.get(str(path[i + 2])).config_class
+                node = _child(_child(node, path[i + 1]), path[i + 2])
                 i += 3
                 continue
             i += 1
@@ -52,11 +85,21 @@ def model_at(root: type[BaseModel], path: YamlPath) -> type[BaseModel] | None:
         if origin in (list, dict):
             args = typing.get_args(cur)
             cur = args[-1] if args else Any
+            node = _child(node, part)
             i += 1
             continue
         return None
-    cur = _unwrap(cur)
+    cur = _unwrap(_pick_member(cur, node))
     return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+def _child(node: Any, part: Any) -> Any:
+    """``node[part]`` of the document, or None where there is no such value."""
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return None
 
 
 def _clean_loc(loc: tuple[Any, ...], data: Any = None) -> YamlPath:
@@ -100,14 +143,14 @@ def format_validation_error(err: ValidationError, doc: YamlDoc, root: type[BaseM
         where = f"{doc.file}:{line}" if line else doc.file
         etype = e["type"]
         if etype == "extra_forbidden":
-            parent = model_at(root, path[:-1])
+            parent = model_at(root, path[:-1], doc.data)
             key = str(path[-1]) if path else "?"
             valid = sorted(parent.model_fields) if parent else []
             hint = did_you_mean(key, valid)
             listing = f"; valid keys here: {', '.join(valid)}" if valid else ""
             msgs.append(f"{where}: {format_path(path)}: unknown key '{key}'{hint}{listing}")
         elif etype == "missing":
-            parent = model_at(root, path[:-1])
+            parent = model_at(root, path[:-1], doc.data)
             desc = ""
             if parent is not None and path and path[-1] in parent.model_fields:
                 d = parent.model_fields[str(path[-1])].description

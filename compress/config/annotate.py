@@ -8,6 +8,7 @@ import typing
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.json_schema import SkipJsonSchema
 
 
 def _type_name(tp: Any) -> str:
@@ -16,9 +17,10 @@ def _type_name(tp: Any) -> str:
     if origin is typing.Literal:
         return " | ".join(json.dumps(a) for a in args)
     if origin is typing.Annotated:
-        return _type_name(args[0])
+        # a union member hidden from the JSON schema (an error-reporting fallback) is hidden here too
+        return "" if any(isinstance(m, SkipJsonSchema) for m in args[1:]) else _type_name(args[0])
     if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in args)
+        return " | ".join(n for n in (_type_name(a) for a in args) if n)
     if origin in (list, dict):
         return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
     if tp is type(None):

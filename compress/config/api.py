@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -13,7 +13,10 @@ from compress._utils.registry import did_you_mean
 from compress.config._format import format_validation_error
 from compress.config.loader import YamlDoc, format_path, read_yaml
 from compress.config.schema import PipelineConfigBase, TargetConfig, pipeline_model
-from compress.errors import ConfigError
+from compress.errors import BadInputError, ConfigError
+
+if TYPE_CHECKING:
+    from compress.data import DataEnv
 
 
 @dataclass
@@ -38,6 +41,27 @@ class LoadedPipeline:
         """``file:line: yaml.path`` for messages about ``path``."""
         line = self.doc.line_of(path)
         return f"{self.doc.file}:{line}: {format_path(path)}" if line else f"{self.doc.file}: {format_path(path)}"
+
+    def data_env(self, cache_dir: Path | None = None) -> DataEnv:
+        """What the data source needs besides ``data:``: the YAML's folder, a cache, the teacher's tokenizer.
+
+        Args:
+            cache_dir: ``<run_dir>/data/cache``; ``None`` (``compress validate``): no cache. Cache
+                writes are held until ``DataEnv.flush_cache()``, so a run that fails its checks
+                writes nothing.
+
+        Raises:
+            MissingDependency: The teacher's ``path: pkg:<package>/...`` names a package that is not installed.
+        """
+        from compress._utils.paths import resolve_path
+        from compress.data import DataEnv
+
+        t = self.config.teacher
+        hf_path = t.config.get("path") if t.family == "hf" else None
+        tokenizer = resolve_path(hf_path, base_dir=self.path.parent) if isinstance(hf_path, str) else None
+        return DataEnv(
+            base_dir=self.path.parent, cache_dir=cache_dir, tokenizer_path=tokenizer, hold_cache_writes=cache_dir is not None
+        )
 
 
 def find_deploy_dir(pipeline_path: Path, explicit: Path | None = None) -> Path | None:
@@ -169,6 +193,7 @@ def _check_references(loaded: LoadedPipeline, deploy_override: Path | None) -> l
     elif ck is not None and not Path(ck).is_file():
         msgs.append(f"{loaded.where(('teacher', 'checkpoint'))}: file {ck} not found; fix the path (relative to the YAML)")
     msgs.extend(_check_teacher_builds(loaded))
+    msgs.extend(_check_data(loaded))
     provides_teacher = any(getattr(STAGES.get(e.kind), "provides_teacher", False) for e in cfg.stages)
     if ck is None and not provides_teacher:
         msgs.append(
@@ -223,6 +248,19 @@ def _check_references(loaded: LoadedPipeline, deploy_override: Path | None) -> l
     return msgs
 
 
+def _check_data(loaded: LoadedPipeline) -> list[str]:
+    """The data source's cheap checks (files exist, file headers, tokenizer folder); loads no data set."""
+    from compress.data import SOURCES, DataSourceError
+
+    try:
+        SOURCES.get(loaded.config.data.source).preflight(loaded.config.data, loaded.data_env())
+    except DataSourceError as e:
+        return [f"{loaded.where(e.yaml_path)}: {e.detail}"]
+    except BadInputError as e:  # e.g. the teacher's pkg: folder is not installed
+        return [f"{loaded.where(('data',))}: {e}"]
+    return []
+
+
 MAX_TEACHER_MODULES = 20_000
 """Most submodules the teacher may have; a larger count is a typo (``depth: 100000000``) that would
 exhaust memory even on the meta device."""
@@ -255,8 +293,13 @@ def _check_teacher_builds(loaded: LoadedPipeline) -> list[str]:
 
     handle = register_module_module_registration_hook(_count)
     try:
+        config = dict(t.config)
+        if isinstance(config.get("path"), str):  # as the runner does: relative to the pipeline file
+            from compress._utils.paths import resolve_path
+
+            config["path"] = str(resolve_path(config["path"], base_dir=loaded.path.parent))
         with torch.device("meta"):
-            build_model(t.family, dict(t.config))
+            build_model(t.family, config)
     except _TooManyModulesError:
         return [
             f"{loaded.where(('teacher', 'config'))}: {dict(t.config)} builds more than "

@@ -17,7 +17,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Discriminator, Field, Tag, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from compress.config.base import CompressConfig
 
@@ -33,7 +43,26 @@ otherwise make building the model (even on the meta device) exhaust memory."""
 
 
 class ModelSourceConfig(CompressConfig):
-    """Where a model comes from: a registered family built from its config, optionally with weights."""
+    """Where a model comes from: a registered family built from its config, optionally with weights.
+
+    Two spellings, one meaning: ``{family: torchvision, config: {arch: resnet18}}`` or the shorthand
+    ``{source: torchvision, arch: resnet18}`` (every key besides ``source`` and ``checkpoint`` goes to
+    ``config``).
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "source" not in data:
+            return data
+        if "family" in data or "config" in data:
+            raise ValueError("give either 'source' with the builder's keys beside it, or 'family' + 'config', not both")
+        rest = dict(data)
+        out: dict[str, Any] = {"family": rest.pop("source")}
+        if "checkpoint" in rest:
+            out["checkpoint"] = rest.pop("checkpoint")
+        out["config"] = rest
+        return out
 
     family: str = Field(description="Registered model family, e.g. 'tiny-vit' (see `compress list families`).")
     config: dict[str, JsonValue] = Field(default_factory=dict, description="Keyword arguments of the family builder.")
@@ -71,31 +100,70 @@ class ModelSourceConfig(CompressConfig):
 
 
 class StudentConfig(CompressConfig):
-    """How the first ``distill`` stage builds the student from the teacher."""
+    """How the first ``distill`` stage builds the student from the teacher.
 
-    keep_layers: list[int] | None = Field(
-        None, description="Teacher blocks to keep, in order (e.g. [0, 2]); the student starts from their weights."
+    Depth: ``keep_layers`` (explicit list, ``every_other``) or ``num_layers`` (the first k), each kept layer
+    starting from the teacher's weights (DistilBERT-style). Width: ``width`` keeps that fraction of every
+    prunable group (CNN channels; Transformer heads and FFN neurons), chosen by weight magnitude so the
+    student starts from the teacher's most important channels; ``heads``/``ffn`` set Transformer widths
+    exactly. ``model`` instead builds an independent student (random init unless it has a checkpoint).
+    """
+
+    keep_layers: list[int] | Literal["every_other"] | None = Field(
+        None, description="Teacher layers to keep, in order (e.g. [0, 2, 4]), or 'every_other' (0, 2, 4, ...)."
+    )
+    num_layers: int | None = Field(None, ge=1, le=1024, description="Keep the first k teacher layers.")
+    width: float | None = Field(
+        None, gt=0, le=1, description="Fraction of channels (CNN) or heads and FFN neurons (Transformer) kept."
+    )
+    heads: int | None = Field(None, ge=1, le=4096, description="Attention heads kept per layer (Transformers).")
+    ffn: int | None = Field(None, ge=1, le=1_000_000, description="FFN neurons kept per layer (Transformers).")
+    round_to: int | None = Field(None, ge=1, le=512, description="Round kept channel counts to a multiple of this.")
+    model: ModelSourceConfig | None = Field(None, description="An independent student instead of one built from the teacher.")
+    init: Literal["teacher", "random"] = Field(
+        "teacher", description="Start from the teacher's weights, or the same architecture at random (a from-scratch baseline)."
     )
 
     @field_validator("keep_layers")
     @classmethod
-    def _distinct(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None:
+    def _distinct(cls, v: list[int] | str | None) -> list[int] | str | None:
+        if isinstance(v, list):
             if not v:
                 raise ValueError("keep_layers is empty; keep at least one layer, e.g. [0, 2]")
             if len(set(v)) != len(v) or any(i < 0 for i in v):
                 raise ValueError(f"keep_layers must be distinct non-negative indices, got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _one_way(self) -> StudentConfig:
+        if self.keep_layers is not None and self.num_layers is not None:
+            raise ValueError("give keep_layers or num_layers, not both")
+        if self.model is not None and any(
+            v is not None for v in (self.keep_layers, self.num_layers, self.width, self.heads, self.ffn)
+        ):
+            raise ValueError("student.model builds an independent student; drop the depth/width keys beside it")
+        return self
+
 
 class DataConfig(CompressConfig):
-    """The task data and its split."""
+    """The task data and its split: the keys every data source shares.
+
+    Each data source (``compress list sources``) subclasses this with ``source: Literal[<name>]``
+    and its own keys; ``data:`` is validated as the union of those classes, picked by ``source``
+    (default ``digits``). See ``compress.data`` for the sources.
+    """
 
     source: str = Field("digits", description="Registered data source (see `compress list sources`).")
     batch_size: int = Field(64, ge=1, le=65536, description="Training batch size.")
     eval_batch_size: int = Field(512, ge=1, le=65536, description="Batch size for evaluation.")
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Fraction of each class held out for validation.")
     test_fraction: float = Field(0.15, gt=0, lt=0.5, description="Fraction of each class held out for the final test.")
+    subset: int | None = Field(
+        None,
+        ge=1,
+        description="Use a seeded stratified subset of this many examples before splitting (quick runs, CI); "
+        "null: all.",
+    )
 
     @field_validator("source")
     @classmethod
@@ -107,6 +175,36 @@ class DataConfig(CompressConfig):
             names = SOURCES.names()
             raise ValueError(f"unknown data source '{v}'{did_you_mean(v, names)}; valid: {', '.join(names)}")
         return v
+
+
+class _UnknownDataSourceConfig(DataConfig):
+    """Picked for a ``data.source`` no source registers: reports only that (other keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, validate_default=True)
+
+
+DEFAULT_DATA_SOURCE = "digits"
+_UNKNOWN_SOURCE_TAG = "data[?]"
+
+
+def _data_tag(v: Any) -> str:
+    """Union tag of a ``data:`` value: ``data[<source>]`` (default digits), ``data[?]`` if unknown.
+
+    The brackets mark it as a union-member tag, which error locations leave out.
+    """
+    from compress.data import SOURCES
+
+    source = v.get("source", DEFAULT_DATA_SOURCE) if isinstance(v, dict) else getattr(v, "source", DEFAULT_DATA_SOURCE)
+    return f"data[{source}]" if isinstance(source, str) and source in SOURCES else _UNKNOWN_SOURCE_TAG
+
+
+def data_union() -> Any:
+    """``data:``'s type: the union of every registered source's config class, picked by ``source``."""
+    from compress.data import SOURCES
+
+    members: list[Any] = [Annotated[src.config_class, Tag(f"data[{name}]")] for name, src in SOURCES.items()]
+    members.append(SkipJsonSchema[Annotated[_UnknownDataSourceConfig, Tag(_UNKNOWN_SOURCE_TAG)]])
+    return Annotated[Union[tuple(members)], Discriminator(_data_tag)]
 
 
 class AccuracyGateConfig(CompressConfig):
@@ -215,7 +313,7 @@ def _stage_tag(v: Any) -> str | None:
 
 @lru_cache(maxsize=1)
 def pipeline_model() -> type[PipelineConfigBase]:
-    """The full pipeline model, with ``stages`` typed as a union over registered stages."""
+    """The full pipeline model: ``stages`` and ``data`` typed as unions over the stage and data-source registries."""
     from compress.stages import STAGES
 
     entries = []
@@ -231,9 +329,18 @@ def pipeline_model() -> type[PipelineConfigBase]:
         entry.config = property(lambda self, _f=field_name: getattr(self, _f))  # type: ignore[attr-defined]
         entries.append(Annotated[entry, Tag(name)])
     stage_union = Annotated[Union[tuple(entries)], Discriminator(_stage_tag)]  # type: ignore[valid-type]
+    from compress.data import SOURCES
+
     return create_model(
         "PipelineConfig",
         __base__=PipelineConfigBase,
+        data=(
+            data_union(),
+            Field(
+                default_factory=lambda: SOURCES.get(DEFAULT_DATA_SOURCE).config_class(),
+                description="Task data; `source` picks the data source and its keys (see `compress list sources`).",
+            ),
+        ),
         stages=(list[stage_union], Field(min_length=1, description="Stages, run in order.")),  # type: ignore[valid-type]
     )
 

@@ -28,6 +28,11 @@ from compress.export.onnx import INPUT_NAME
 PARITY_KEYS = ("max_abs_error", "mean_abs_error", "cosine", "top1_agreement", "n")
 
 
+
+def as_numpy_input(x: torch.Tensor) -> np.ndarray:
+    """A model input as the exported graph takes it: float32 for images and features, int64 token ids as they are."""
+    return x.numpy().astype(np.float32) if x.is_floating_point() else x.numpy().astype(np.int64)
+
 def parity(
     onnx_path: str | os.PathLike[str],
     torch_model: nn.Module,
@@ -80,7 +85,7 @@ def parity(
         raise ExportError(f"ONNX Runtime cannot load {onnx_path}: {e}") from e
     def run(xb: torch.Tensor) -> np.ndarray:
         try:
-            return sess.run(None, {INPUT_NAME: xb.numpy().astype(np.float32)})[0]
+            return sess.run(None, {INPUT_NAME: as_numpy_input(xb)})[0]
         except Exception as e:
             raise ExportError(
                 f"ONNX Runtime failed to run {onnx_path} on a batch of shape {tuple(xb.shape)}: {e}"
@@ -136,7 +141,7 @@ def session_parity(session: Any, torch_model: nn.Module, inputs: torch.Tensor, *
     """Parity of a loaded runtime ``Session`` (any backend) against a torch model on ``inputs``."""
     name = session.inputs[0].name
     return _batched_parity(
-        lambda xb: session.run({name: xb.numpy().astype(np.float32)})[0],
+        lambda xb: session.run({name: as_numpy_input(xb)})[0],
         torch_model,
         inputs,
         batch_size=batch_size,

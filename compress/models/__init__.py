@@ -1,5 +1,6 @@
 """Model families built into compress, and spec-based model save/load."""
 
+from compress.models import external as _external  # noqa: F401  (registers torchvision, timm, hf, factory)
 from compress.models import tiny_vit as _tiny_vit  # noqa: F401  (registers the family)
 from compress.models.registry import (
     FAMILIES as FAMILIES,

@@ -149,6 +149,8 @@ def load_state_dict_checked(model: nn.Module, state: Any, *, source: str) -> Non
     if not isinstance(state, dict):
         raise CheckpointError(f"{source}: expected a state dict (name -> tensor), got {type(state).__name__}")
     own = model.state_dict()
+    if own and state and all(k.startswith("net.") for k in own) and not any(str(k).startswith("net.") for k in state):
+        state = {f"net.{k}": v for k, v in state.items()}  # a plain torchvision/timm/HF state dict
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [

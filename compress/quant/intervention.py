@@ -390,6 +390,13 @@ class InterventionObjective:
         self._teacher_taps = _teacher_taps(self.blocks, self.layout)
         self._student_taps = _student_taps(self.blocks, self.layout)
 
+    def to(self, device: torch.device | str) -> InterventionObjective:
+        """Move the TI teacher (and the extra loss, when it can move) to ``device``; ``fit`` calls this."""
+        self.teacher.to(device)
+        if hasattr(self.extra, "to"):
+            self.extra.to(device)  # type: ignore[union-attr]
+        return self
+
     @torch.no_grad()
     def capture_teacher(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(logits, features)`` of the TI teacher on ``x`` (eval mode, no grad)."""

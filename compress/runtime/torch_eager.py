@@ -111,12 +111,15 @@ class TorchSession(Session):
         self._prev_threads = torch.get_num_threads()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        return [TensorSpec(_INPUT_NAME, in_shape, "float32")], out_specs
+        in_dtype = "float32" if in_shape is not None else None  # unknown model: any dtype (token ids are int64)
+        return [TensorSpec(_INPUT_NAME, in_shape, in_dtype)], out_specs
 
     def _run_impl(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-        x = torch.from_numpy(np.ascontiguousarray(inputs[_INPUT_NAME])).to(self._target, dtype=self._dtype)
+        x = torch.from_numpy(np.ascontiguousarray(inputs[_INPUT_NAME]))
+        # token ids stay integers; only float inputs take the session's precision
+        x = x.to(self._target, dtype=self._dtype) if x.is_floating_point() else x.to(self._target)
         with torch.inference_mode():
             out = self._model(x)
         # a wrong output count is reported by the base class's result check; outputs go back as float32

@@ -1,10 +1,14 @@
-"""``distill``: train a smaller student from the teacher with KD (T², KL) + CE.
+"""``distill``: train a smaller student from the teacher with the terms of ``losses:``.
 
 The first ``distill`` stage builds the student from the teacher as the
 pipeline's ``student:`` section (or the stage's own ``student:``) says, e.g.
 ``keep_layers: [0, 2]`` keeps two blocks initialised from the teacher's
 (DistilBERT-style). Later ``distill`` stages continue training the current
-model (progressive distillation) unless they give their own ``student:``.
+model unless they give their own ``student:``. Each stage picks its own teacher
+(``teacher: original`` = the pipeline's teacher, ``previous`` = the model entering
+the stage) and its own ``losses:`` (KD, CE, DKD, hidden states, TinyBERT attention,
+MiniLM, MiniLMv2, DistilBERT cosine; ``compress.distill.config``), so several stages
+in a row give ERNIE-Tiny-style progressive distillation (docs/distillation.md).
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from typing import Literal
 from pydantic import Field
 
 from compress.config.schema import StudentConfig
-from compress.distill import LossesConfig, kd_objective, student_by_depth
+from compress.distill import DistillObjective, LossesConfig
+from compress.distill.student import build_student
 from compress.errors import StageError
 from compress.stages.base import Stage, StageConfig, StageContext, StageResult, register_stage
 from compress.train import TrainConfig
+from compress.train.loop import steps_per_epoch
 
 
 class DistillStageConfig(StageConfig):
@@ -27,9 +33,13 @@ class DistillStageConfig(StageConfig):
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=15, lr=1e-3), description="Optimizer, schedule and epochs."
     )
-    losses: LossesConfig = Field(default_factory=LossesConfig, description="KD and CE terms and weights.")
+    losses: LossesConfig = Field(
+        default_factory=LossesConfig,
+        description="Loss terms and weights (kd, ce, dkd, hidden, attention, ...).",
+    )
     student: StudentConfig | None = Field(
-        None, description="Student to build from the teacher; default: the pipeline's `student:` (first distill only)."
+        None,
+        description="Student built from the teacher; default: the pipeline's `student:` (first distill)",
     )
     teacher: Literal["original", "previous"] = Field(
         "original", description="KD teacher: the pipeline's teacher, or the model entering this stage."
@@ -43,22 +53,31 @@ class DistillStage(Stage):
     name = "distill"
     config_class = DistillStageConfig
     before = frozenset({"prune", "qat", "export", "validate"})
-    description = "Distil the teacher into a smaller student (KD with temperature, T² scaling, + CE)."
+    description = (
+        "Distil the teacher into a smaller student (KD + CE by default; DKD, hidden states, TinyBERT "
+        "attention, MiniLM/MiniLMv2 relations, cosine)."
+    )
 
     def run(self, ctx: StageContext, cfg: DistillStageConfig) -> StageResult:
         first = not any(k.endswith("-distill") for k in ctx.history)
         spec = cfg.student if cfg.student is not None else (ctx.pipeline.student if first else None)
-        if spec is not None and spec.keep_layers is not None:
+        if spec is not None:
             try:
-                student = student_by_depth(ctx.teacher, spec.keep_layers)
+                student = build_student(ctx.teacher, spec, ctx.example_inputs())
             except ValueError as e:
-                raise StageError(str(e), stage=self.name, yaml_path=f"{ctx.yaml_path}.student.keep_layers") from e
-        elif spec is not None:
-            student = copy.deepcopy(ctx.teacher)
+                raise StageError(str(e), stage=self.name, yaml_path=f"{ctx.yaml_path}.student") from e
         else:
             student = copy.deepcopy(ctx.model)
         kd_teacher = ctx.teacher if cfg.teacher == "original" else ctx.model
-        res = ctx.fit(student, kd_objective(kd_teacher, cfg.losses), cfg.train, label="distill")
+        objective = DistillObjective(
+            kd_teacher,
+            cfg.losses,
+            student=student,
+            example_inputs=ctx.example_inputs(2),
+            steps_per_epoch=steps_per_epoch(ctx.data, cfg.train, batch_size=ctx.batch_size),
+            yaml_path=f"{ctx.yaml_path}.losses",
+        )
+        res = ctx.fit(student, objective, cfg.train, label="distill", before_step=objective.set_step)
         student.eval()
         return StageResult(
             model=student,
@@ -66,5 +85,7 @@ class DistillStage(Stage):
                 "history": res.history,
                 "steps": res.steps,
                 "kept_layers": spec.keep_layers if spec is not None else None,
+                "teacher": cfg.teacher,
+                "losses": objective.describe(),
             },
         )

@@ -32,8 +32,9 @@ from compress._utils.io import atomic_write_json, atomic_write_text, read_json, 
 from compress._utils.lock import run_lock
 from compress._utils.progress import Reporter
 from compress.config.api import LoadedPipeline, dump_config
-from compress.data import SOURCES, data_fingerprint, load_or_make_splits
-from compress.errors import BadInputError, CheckpointError, CompressError, StageError
+from compress._utils.paths import resolve_path
+from compress.data import SOURCES, DataSourceError, data_fingerprint, load_or_make_splits
+from compress.errors import BadInputError, CheckpointError, CompressError, DataError, StageError
 from compress.models import build_model, load_model, save_model
 from compress.models.registry import load_checkpoint_file, load_state_dict_checked, model_from_spec
 from compress.models.stats import count_macs, count_params
@@ -65,9 +66,11 @@ def _model_metrics(model: torch.nn.Module, data: Any, eval_bs: int) -> dict[str,
     out: dict[str, Any] = {
         "params": count_params(model),
         "macs": count_macs(model, example),
-        "val_accuracy": evaluate(model, data, "val", batch_size=eval_bs)["accuracy"],
-        "test_accuracy": evaluate(model, data, "test", batch_size=eval_bs)["accuracy"],
     }
+    for split in ("val", "test"):
+        ev = evaluate(model, data, split, batch_size=eval_bs)
+        out[f"{split}_accuracy"] = ev["accuracy"]
+        out[f"{split}_macro_accuracy"] = ev["macro_accuracy"]
     return out
 
 
@@ -78,9 +81,14 @@ def _load_teacher(loaded: LoadedPipeline, data: Any) -> torch.nn.Module:
     """
     t = loaded.config.teacher
     where_cfg = loaded.where(("teacher", "config"))
+    config = dict(t.config)
+    if isinstance(config.get("path"), str):  # model directories are relative to the pipeline file
+        config["path"] = str(resolve_path(config["path"], base_dir=loaded.path.parent))
     try:
-        model = build_model(t.family, dict(t.config))
-    except CompressError:
+        model = build_model(t.family, config)
+    except CompressError as e:
+        if isinstance(e, BadInputError) and not str(e).startswith(str(loaded.doc.file)):
+            raise type(e)(f"{where_cfg}: {e}") from None
         raise
     except Exception as e:  # builders raise TypeError, ValueError, ZeroDivisionError, RuntimeError...
         raise BadInputError(
@@ -271,7 +279,11 @@ def run_pipeline(
     # everything that can be bad input is checked before the run directory is touched
     _check_run_dir(run_dir)
     torch.manual_seed(cfg.seed)
-    data = SOURCES.get(cfg.data.source)()
+    data_env = loaded.data_env(cache_dir=run_dir / "data" / "cache")
+    try:
+        data = SOURCES.get(cfg.data.source)(cfg.data, data_env)
+    except DataSourceError as e:
+        raise DataError(f"{loaded.where(e.yaml_path)}: {e.detail}") from None
     teacher = _load_teacher(loaded, data)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -281,6 +293,7 @@ def run_pipeline(
         ) from None
     with run_lock(run_dir):
         _remove_stale_temp_files(run_dir)
+        data_env.flush_cache()  # tokenised data, held back until the run directory is ours
         atomic_write_text(run_dir / "pipeline.yaml", yaml.safe_dump(dump_config(cfg), sort_keys=False))
         split_hash = load_or_make_splits(
             data,

@@ -52,6 +52,7 @@ from compress._utils.registry import did_you_mean
 from compress.bench import measure_latency, measure_memory
 from compress.errors import BadInputError, CompressError, ConfigError, UnknownNameError
 from compress.export import export_onnx
+from compress.export.parity import as_numpy_input
 from compress.runtime import RUNTIMES, Session
 from compress.stages.base import Stage, StageConfig, StageContext, StageResult, register_stage
 
@@ -120,7 +121,7 @@ class ValidateStage(Stage):
                 ]
             )
         x, y = ctx.data.tensors(cfg.split)
-        split = _Split(np.ascontiguousarray(x.numpy(), dtype=np.float32), y.numpy(), seed=ctx.seed)
+        split = _Split(np.ascontiguousarray(as_numpy_input(x)), y.numpy(), seed=ctx.seed)
         teacher_sources: dict[str, Any] = {}
         targets = {
             name: self._validate_target(ctx, cfg, name, split, teacher_sources) for name in cfg.targets

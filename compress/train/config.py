@@ -27,3 +27,9 @@ class TrainConfig(CompressConfig):
     batch_size: int | None = Field(None, ge=1, description="Batch size; default: data.batch_size.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip gradient norm to this; null disables.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to train: auto = the GPU when there is one, else the CPU."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Mixed precision on CUDA (autocast; fp16 adds loss scaling). The CPU always trains in fp32."
+    )

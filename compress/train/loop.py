@@ -24,6 +24,7 @@ from compress._utils.io import atomic_torch_save, sha256_json
 from compress._utils.progress import SILENT, Reporter
 from compress.data.base import TaskData
 from compress.errors import TrainingDiverged
+from compress.train import distributed as dist_utils
 from compress.train.config import TrainConfig
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
@@ -49,10 +50,32 @@ class FitResult:
     step_evals: list[dict[str, float]] = field(default_factory=list)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD with weight decay on weight matrices only (not biases, norms, scales)."""
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    """The training device of ``cfg`` for this process (``auto``: CUDA when available)."""
+    name = cfg.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        from compress.errors import BadInputError
+
+        raise BadInputError("train.device: cuda, but torch sees no CUDA device here; use device: auto or cpu")
+    return dist_utils.local_device(name)
+
+
+def _trainable(loss_fn: Any) -> list[tuple[str, nn.Parameter]]:
+    """Trainable parameters a loss object owns (e.g. the projections of hidden-state distillation)."""
+    if not isinstance(loss_fn, nn.Module):
+        return []
+    return [(n, p) for n, p in loss_fn.named_parameters() if p.requires_grad]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, extra: list[tuple[str, nn.Parameter]] = ()) -> torch.optim.Optimizer:  # type: ignore[assignment]
+    """AdamW or SGD with weight decay on weight matrices only (not biases, norms, scales).
+
+    ``extra``: further named parameters to train (owned by the loss), grouped the same way.
+    """
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in [*model.named_parameters(), *extra]:
         if not p.requires_grad:
             continue
         (decay if p.ndim >= 2 and not name.endswith("scale") else no_decay).append(p)
@@ -152,8 +175,21 @@ def fit(
     total = steps_per_epoch * n_epochs
     if max_steps is not None:
         total = min(total, max_steps)
-    opt = make_optimizer(model, cfg)
+    device = resolve_device(cfg)
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    model.to(device)
+    if hasattr(loss_fn, "to"):
+        loss_fn.to(device)
+    extra = _trainable(loss_fn)
+    opt = make_optimizer(model, cfg, extra)
     sched = make_schedule(opt, cfg, total)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision) if device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
+    train_model: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     result = FitResult()
     key_fields: dict[str, Any] = {"cfg": cfg.model_dump(), "bs": bs, "seed": seed, "epochs": n_epochs}
     if max_steps is not None or eval_every_steps is not None or step_offset:
@@ -161,9 +197,11 @@ def fit(
     key = sha256_json(key_fields)
     start_epoch = 0
     if checkpoint is not None and checkpoint.is_file():
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        ck = torch.load(checkpoint, map_location=device, weights_only=True)
         if ck.get("key") == key:
             model.load_state_dict(ck["model"])
+            if extra:
+                loss_fn.load_state_dict(ck["loss"], strict=False)
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["schedule"])
             start_epoch = int(ck["epoch"]) + 1
@@ -172,7 +210,7 @@ def fit(
             result.step_evals = [dict(r) for r in ck.get("step_evals", [])]
             result.resumed_from_epoch = start_epoch
             reporter.line(f"  resuming {description} from epoch {start_epoch}/{n_epochs}")
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] + [p for _, p in extra]
     with reporter.task(description, total=max(0, (n_epochs - start_epoch) * batches_per_epoch)) as advance:
         for epoch in range(start_epoch, n_epochs):
             if max_steps is not None and result.steps >= max_steps:
@@ -182,11 +220,15 @@ def fit(
             sums: dict[str, float] = {}
             count = 0
             opt.zero_grad(set_to_none=True)
-            for i, (x, y) in enumerate(data.batches("train", bs, shuffle=True, seed=seed * 100_003 + epoch)):
+            batches = data.batches("train", bs, shuffle=True, seed=seed * 100_003 + epoch, device=device)
+            for i, (x, y) in enumerate(batches):
                 if before_step is not None and i % cfg.grad_accum == 0:
                     before_step(step_offset + result.steps)
-                loss, terms = loss_fn(model, x, y)
-                loss_value = loss.detach()
+                x, y, share = _shard(x, y, rank, world)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss, terms = loss_fn(train_model, x, y)
+                loss = loss.float() * share
+                loss_value = loss.detach() / share if share else loss.detach()
                 if not torch.isfinite(loss_value):
                     lr = opt.param_groups[0]["lr"]
                     shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
@@ -194,12 +236,21 @@ def fit(
                         f"loss became {loss_value.item()} at epoch {epoch}, step {result.steps} (terms: {shown}); "
                         f"try a lower learning rate (now {lr:.3g}) or full precision"
                     )
-                (loss / cfg.grad_accum).backward()
+                scaled = loss / cfg.grad_accum
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 last = i + 1 == batches_per_epoch
                 if (i + 1) % cfg.grad_accum == 0 or last:
+                    if world > 1 and extra:
+                        _all_reduce_mean([p for _, p in extra], world)  # DDP syncs only the model's grads
+                    if scaler is not None:
+                        scaler.unscale_(opt)
                     if cfg.grad_clip is not None:
                         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    opt.step()
+                    if scaler is not None:
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        opt.step()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
                     result.steps += 1
@@ -231,13 +282,14 @@ def fit(
             if eval_fn is not None:
                 row.update({f"val_{k}": v for k, v in eval_fn(model).items()})
             result.history.append(row)
-            if checkpoint is not None:
+            if checkpoint is not None and rank == 0:
                 atomic_torch_save(
                     {
                         "key": key,
                         "epoch": epoch,
                         "steps": result.steps,
                         "model": model.state_dict(),
+                        "loss": {n: p.detach() for n, p in extra},
                         "optimizer": opt.state_dict(),
                         "schedule": sched.state_dict(),
                         "history": result.history,
@@ -245,28 +297,90 @@ def fit(
                     },
                     checkpoint,
                 )
-    if checkpoint is not None and os.environ.get("COMPRESS_KEEP_EPOCH_CKPT") != "1":
+            dist_utils.barrier()
+    if checkpoint is not None and rank == 0 and os.environ.get("COMPRESS_KEEP_EPOCH_CKPT") != "1":
         checkpoint.unlink(missing_ok=True)
+    dist_utils.barrier()
+    model.to("cpu")
+    if hasattr(loss_fn, "to"):
+        loss_fn.to("cpu")
     return result
+
+
+def _all_reduce_mean(params: list[nn.Parameter], world: int) -> None:
+    """Average the gradients of parameters outside the DDP-wrapped model (a loss's projections) over the ranks."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world
+
+
+def _shard(x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """This rank's part of a global batch, and the weight that makes the ranks' averaged gradient
+    equal the full batch's (``len(part) * world / len(batch)``). A rank left without examples runs
+    one example at weight 0, so every rank joins the gradient all-reduce."""
+    if world == 1:
+        return x, y, 1.0
+    n = len(y)
+    lo, hi = (n * rank) // world, (n * (rank + 1)) // world
+    if hi == lo:
+        return x[:1], y[:1], 0.0
+    return x[lo:hi], y[lo:hi], (hi - lo) * world / n
 
 
 @torch.no_grad()
 def predict(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
-    """Logits of ``model`` on ``inputs`` (eval mode, no grad)."""
+    """Logits of ``model`` on ``inputs`` (eval mode, no grad), computed on the model's device, returned on the CPU."""
     was = model.training
     model.eval()
-    outs = [model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    outs = [model(inputs[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(inputs), batch_size)]
     model.train(was)
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def evaluate(model: nn.Module, data: TaskData, split: str = "val", *, batch_size: int = 512) -> dict[str, float]:
-    """Top-1 accuracy and mean CE of ``model`` on ``split``."""
+def evaluate(
+    model: nn.Module, data: TaskData, split: str = "val", *, batch_size: int = 512, device: str = "auto"
+) -> dict[str, float]:
+    """Top-1 accuracy, macro accuracy (mean of per-class recalls) and mean CE of ``model`` on ``split``.
+
+    ``device``: where to compute (``auto``: the model's device, or CUDA when the model is on the
+    CPU and a GPU exists; the model is moved back afterwards).
+    """
     x, y = data.tensors(split)
-    logits = predict(model, x, batch_size=batch_size)
-    acc = (logits.argmax(-1) == y).float().mean().item()
-    ce = torch.nn.functional.cross_entropy(logits, y).item()
-    return {"accuracy": acc, "loss": ce}
+    p = next(model.parameters(), None)
+    home = p.device if p is not None else torch.device("cpu")
+    target = home
+    if device == "auto" and home.type == "cpu" and torch.cuda.is_available():
+        target = torch.device("cuda")
+    elif device not in ("auto",):
+        target = torch.device(device)
+    moved = target != home
+    if moved:
+        model.to(target)
+    try:
+        logits = predict(model, x, batch_size=batch_size)
+    finally:
+        if moved:
+            model.to(home)
+    return classification_metrics(logits, y, num_classes=data.num_classes)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, *, num_classes: int) -> dict[str, float]:
+    """``accuracy`` (micro), ``macro_accuracy`` (mean recall over the classes present) and ``loss`` (CE)."""
+    pred = logits.argmax(-1)
+    correct = (pred == labels).float()
+    acc = correct.mean().item() if len(labels) else float("nan")
+    per_class = torch.zeros(num_classes).index_add_(0, labels, correct)
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    present = counts > 0
+    macro = (per_class[present] / counts[present]).mean().item() if present.any() else float("nan")
+    ce = torch.nn.functional.cross_entropy(logits, labels).item() if len(labels) else float("nan")
+    return {"accuracy": acc, "macro_accuracy": macro, "loss": ce}
 
 
 def metrics_summary(model: nn.Module) -> dict[str, Any]:

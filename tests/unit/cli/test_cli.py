@@ -94,7 +94,7 @@ def test_stage_failure_is_exit_3_without_traceback(tmp_path):
         text=True,
     )
     assert r.returncode == 3, r.stderr
-    assert "stage 'distill' (stages[1].distill.student.keep_layers): keep_layers [5] out of range" in r.stderr
+    assert "stage 'distill' (stages[1].distill.student): keep_layers [5] out of range" in r.stderr
     assert "Traceback" not in r.stderr
     r = subprocess.run(
         [

@@ -58,5 +58,5 @@ def test_student_by_depth_copies_kept_blocks():
     assert torch.equal(s.head.weight, teacher.head.weight)
     s.blocks[0].attn.q.weight.data.zero_()
     assert teacher.blocks[0].attn.q.weight.abs().sum() > 0  # a copy, not shared
-    with pytest.raises(ValueError, match=r"keep_layers \[7\] out of range: the teacher has 4 blocks"):
+    with pytest.raises(ValueError, match=r"keep_layers \[7\] out of range: the teacher has 4 layers"):
         student_by_depth(teacher, [0, 7])

@@ -122,7 +122,7 @@ PIPELINE_CASES = [
         _swap("{epochs: 1}", "{epocs: 1}"),
         [
             "{f}:4: stages[0].finetune.train.epocs: unknown key 'epocs' (did you mean 'epochs'?)",
-            "valid keys here: batch_size, epochs",
+            "valid keys here: batch_size, device, epochs",
         ],
     ),
     Case(

@@ -177,11 +177,19 @@ def test_torch_threads_applied_and_restored(model: torch.nn.Module) -> None:
     assert torch.get_num_threads() == before
 
 
-def test_torch_model_without_example_inputs_has_unknown_shape() -> None:
+def test_torch_model_without_example_inputs_has_unknown_shape_and_dtype() -> None:
     with open_session("torch", torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()) as sess:
-        assert sess.inputs == (TensorSpec("input", None, "float32"),)
+        assert sess.inputs == (TensorSpec("input", None, None),)
         (out,) = sess.run({"input": np.ones((2, 2, 2), np.float32)})
         assert out.shape == (2, 3)
+
+
+def test_torch_session_keeps_token_ids_integer() -> None:
+    emb = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    with open_session("torch", emb, precision="fp32") as sess:
+        (out,) = sess.run({"input": np.array([[1, 2, 3]], dtype=np.int64)})
+        ref = emb(torch.tensor([[1, 2, 3]])).detach().numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-6)
 
 
 class _Scripted(Session):

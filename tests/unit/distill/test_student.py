@@ -1,0 +1,111 @@
+"""Students from teachers: depth (keep-list, every-other, first-k) and width (channels, heads, FFN)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compress.config.schema import StudentConfig
+from compress.distill.student import build_student, layer_stack
+from compress.models import build_model, load_model, save_model
+
+BERT = {
+    "model_type": "bert",
+    "num_hidden_layers": 4,
+    "hidden_size": 32,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "vocab_size": 100,
+    "max_position_embeddings": 32,
+}
+
+
+@pytest.fixture(scope="module")
+def bert():
+    torch.manual_seed(0)
+    return build_model("hf", {"hf_config": BERT, "num_labels": 5}).eval()
+
+
+def _ids():
+    ids = torch.randint(1, 100, (3, 12), generator=torch.Generator().manual_seed(0))
+    ids[:, 9:] = 0
+    return ids
+
+
+def _student(teacher, ex=None, **spec):
+    return build_student(teacher, StudentConfig.model_validate(spec), ex).eval()
+
+
+@pytest.mark.parametrize(
+    ("spec", "kept"),
+    [({"keep_layers": "every_other"}, [0, 2]), ({"num_layers": 3}, [0, 1, 2]), ({"keep_layers": [3, 1]}, [3, 1])],
+)
+def test_depth_students_start_from_the_kept_teacher_layers(bert, spec, kept, tmp_path):
+    s = _student(bert, **spec)
+    layers = s.net.bert.encoder.layer
+    assert len(layers) == len(kept) == s.net.config.num_hidden_layers
+    for j, i in enumerate(kept):
+        a, b = layers[j].state_dict(), bert.net.bert.encoder.layer[i].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(s.net.classifier.weight, bert.net.classifier.weight)
+    assert len(bert.net.bert.encoder.layer) == 4  # the teacher is untouched
+    save_model(s, tmp_path / "s.pt")
+    torch.testing.assert_close(load_model(tmp_path / "s.pt").eval()(_ids()), s(_ids()))
+
+
+def test_heads_and_ffn_width_keep_whole_heads(bert, tmp_path):
+    s = _student(bert, _ids(), heads=2, ffn=24)
+    for layer in s.net.bert.encoder.layer:
+        att = layer.attention.self
+        assert (att.num_attention_heads, att.attention_head_size, att.all_head_size) == (2, 8, 16)
+        assert layer.intermediate.dense.out_features == 24
+    assert s.net.config.num_attention_heads == 2
+    assert s(_ids()).shape == (3, 5)
+    save_model(s, tmp_path / "s.pt")
+    torch.testing.assert_close(load_model(tmp_path / "s.pt").eval()(_ids()), s(_ids()))
+
+
+def test_too_many_heads_is_an_error(bert):
+    with pytest.raises(ValueError, match="heads 8 is more than the 4 heads"):
+        _student(bert, _ids(), heads=8)
+
+
+def test_resnet_width_keeps_teacher_filters(tmp_path):
+    torch.manual_seed(0)
+    t = build_model("torchvision", {"arch": "resnet18", "num_classes": 10, "in_chans": 1, "stem": "cifar"}).eval()
+    x = torch.randn(2, 1, 16, 16)
+    s = _student(t, x, width=0.5, round_to=8)
+    assert s.net.conv1.out_channels == 32 and s.net.layer4[1].conv2.out_channels == 256
+    assert s.net.fc.out_features == 10  # the classifier's outputs are never pruned
+    # every kept first-layer filter is one of the teacher's (initialised from its channels)
+    tw, sw = t.net.conv1.weight.flatten(1), s.net.conv1.weight.flatten(1)
+    assert all(any(torch.equal(f, g) for g in tw) for f in sw)
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert 0.2 < params(s) / params(t) < 0.3
+    save_model(s, tmp_path / "s.pt")
+    torch.testing.assert_close(load_model(tmp_path / "s.pt").eval()(x), s(x))
+
+
+def test_depth_on_a_cnn_says_what_to_do_instead():
+    t = build_model("torchvision", {"arch": "resnet18", "num_classes": 10})
+    with pytest.raises(ValueError, match="no stack of repeated layers.*use width"):
+        _student(t, keep_layers=[0])
+
+
+def test_layer_stack_of_builtin_and_timm():
+    assert layer_stack(build_model("tiny-vit", {"dim": 16, "depth": 3}))[0] == "blocks"
+    vit = build_model(
+        "timm", {"arch": "vit_tiny_patch16_224", "num_classes": 10, "kwargs": {"img_size": 32, "patch_size": 8, "depth": 3}}
+    )
+    name, stack = layer_stack(vit)
+    assert name == "net.blocks" and len(stack) == 3
+    s = _student(vit, keep_layers=[0, 2])
+    assert len(s.net.blocks) == 2 and s(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_random_init_keeps_the_architecture_not_the_weights(bert):
+    s = _student(bert, keep_layers=[0, 2], init="random")
+    assert len(s.net.bert.encoder.layer) == 2
+    assert not torch.equal(s.net.bert.encoder.layer[0].attention.self.query.weight,
+                           bert.net.bert.encoder.layer[0].attention.self.query.weight)
+    assert s(_ids()).shape == (3, 5)
