@@ -105,8 +105,8 @@ class StudentConfig(CompressConfig):
     Depth: ``keep_layers`` (explicit list, ``every_other``) or ``num_layers`` (the first k), each kept layer
     starting from the teacher's weights (DistilBERT-style). Width: ``width`` keeps that fraction of every
     prunable group (CNN channels; Transformer heads and FFN neurons), chosen by weight magnitude so the
-    student starts from the teacher's most important channels; ``heads``/``ffn`` set Transformer widths
-    exactly. ``model`` instead builds an independent student (random init unless it has a checkpoint).
+    student starts from the teacher's most important channels; ``heads``/``ffn``/``hidden`` set Transformer
+    widths exactly. ``model`` instead builds an independent student (random init unless it has a checkpoint).
     """
 
     keep_layers: list[int] | Literal["every_other"] | None = Field(
@@ -118,6 +118,9 @@ class StudentConfig(CompressConfig):
     )
     heads: int | None = Field(None, ge=1, le=4096, description="Attention heads kept per layer (Transformers).")
     ffn: int | None = Field(None, ge=1, le=1_000_000, description="FFN neurons kept per layer (Transformers).")
+    hidden: int | None = Field(
+        None, ge=1, le=1_000_000, description="Hidden (residual) width kept (Hugging Face BERT family)."
+    )
     round_to: int | None = Field(None, ge=1, le=512, description="Round kept channel counts to a multiple of this.")
     model: ModelSourceConfig | None = Field(None, description="An independent student instead of one built from the teacher.")
     init: Literal["teacher", "random"] = Field(
@@ -139,7 +142,7 @@ class StudentConfig(CompressConfig):
         if self.keep_layers is not None and self.num_layers is not None:
             raise ValueError("give keep_layers or num_layers, not both")
         if self.model is not None and any(
-            v is not None for v in (self.keep_layers, self.num_layers, self.width, self.heads, self.ffn)
+            v is not None for v in (self.keep_layers, self.num_layers, self.width, self.heads, self.ffn, self.hidden)
         ):
             raise ValueError("student.model builds an independent student; drop the depth/width keys beside it")
         return self

@@ -139,6 +139,7 @@ def student_by_width(
     width: float | None = None,
     heads: int | None = None,
     ffn: int | None = None,
+    hidden: int | None = None,
     round_to: int | None = None,
 ) -> nn.Module:
     """A narrower copy of ``teacher`` keeping its largest-magnitude channels, heads or FFN neurons.
@@ -146,7 +147,8 @@ def student_by_width(
     CNNs (no attention found): every coupled channel group keeps ``width`` of its channels.
     Transformers (built-in tiny-vit, Hugging Face BERT family): each layer keeps ``heads`` heads
     (default ``round(width · heads)``) and ``ffn`` FFN neurons (default ``round(width · ffn)``);
-    the hidden size is kept.
+    ``hidden`` (Hugging Face BERT family) also narrows the residual stream (embeddings, every
+    layer's output, the norms) to that many channels; the per-head width stays.
 
     Raises:
         ValueError: Nothing to narrow, a count larger than the teacher's, or an architecture without
@@ -192,6 +194,10 @@ def student_by_width(
             raise ValueError(f"ffn {keep} is more than the {n} FFN neurons of the teacher")
         if keep < n:
             ratios[fc] = 1.0 - keep / n
+    if hidden is not None:
+        if not hf:
+            raise ValueError("hidden applies to Hugging Face BERT-family students; use heads/ffn for this model")
+        _narrow_hidden(student, example_inputs, hidden, imp=imp, round_to=round_to)
     if not ratios:
         return student
     head_ratio = max((ratios[getattr(a, q)] for a in attn.values() if getattr(a, q) in ratios), default=0.0)
@@ -224,6 +230,39 @@ def student_by_width(
             if len(counts) == 1:
                 cfg.num_attention_heads = counts.pop()
     return student
+
+
+def _narrow_hidden(model: nn.Module, example_inputs: torch.Tensor, hidden: int, *, imp: Any, round_to: int | None) -> None:
+    """Keep ``hidden`` channels of a BERT model's residual stream (the word-embedding group), chosen by magnitude."""
+    import torch_pruning as tp
+
+    emb = next((m for n, m in model.named_modules() if n.endswith("embeddings.word_embeddings")), None)
+    if not isinstance(emb, nn.Embedding):
+        raise ValueError("hidden: no '*.embeddings.word_embeddings' found; not a BERT-family model")
+    width = emb.embedding_dim
+    if not 0 < hidden <= width:
+        raise ValueError(f"hidden {hidden} must be between 1 and the teacher's hidden size {width}")
+    if hidden == width:
+        return
+    heads = {}
+    for a in _hf_attention(model).values():
+        for p in (a.query, a.key, a.value):
+            heads[p] = int(a.num_attention_heads)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example_inputs,
+        importance=imp,
+        pruning_ratio=0.0,
+        pruning_ratio_dict={emb: 1.0 - hidden / width},
+        ignored_layers=_classifier(model),
+        num_heads=heads,
+        prune_num_heads=False,
+        prune_head_dims=False,
+        **({"round_to": round_to} if round_to else {}),
+    )
+    pruner.step()
+    if emb.embedding_dim != hidden:
+        raise ValueError(f"hidden: torch-pruning kept {emb.embedding_dim} channels, not {hidden} (round_to?)")
 
 
 def _ffn_inputs(model: nn.Module, *, hf: bool) -> list[nn.Linear]:
@@ -262,12 +301,18 @@ def build_student(teacher: nn.Module, spec: Any | None, example_inputs: torch.Te
     if keep is not None or num is not None:
         _, stack = layer_stack(teacher)
         student = student_by_depth(teacher, depth_indices(len(stack), keep, num))
-    width, heads, ffn = (getattr(spec, a, None) for a in ("width", "heads", "ffn"))
-    if width is not None or heads is not None or ffn is not None:
+    width, heads, ffn, hidden = (getattr(spec, a, None) for a in ("width", "heads", "ffn", "hidden"))
+    if width is not None or heads is not None or ffn is not None or hidden is not None:
         if example_inputs is None:
             raise ValueError("a width student needs example inputs to trace the model")
         student = student_by_width(
-            student, example_inputs, width=width, heads=heads, ffn=ffn, round_to=getattr(spec, "round_to", None)
+            student,
+            example_inputs,
+            width=width,
+            heads=heads,
+            ffn=ffn,
+            hidden=hidden,
+            round_to=getattr(spec, "round_to", None),
         )
     student = copy.deepcopy(student) if student is teacher else student
     if getattr(spec, "init", "teacher") == "random":

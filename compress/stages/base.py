@@ -11,6 +11,7 @@ generically. The runner never branches on a stage's name.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -78,6 +79,10 @@ class StageContext:
         targets: Deploy targets by name (loaded from ``deploy/``).
         seed: The pipeline seed combined with the stage index.
         reporter: Progress and summary output.
+        load_data: ``load_data(data_config, yaml_path)``: another data set for this stage (its split
+            stored in the stage folder), e.g. general data for a first distillation stage.
+        load_model: ``load_model(model_source_config, yaml_path)``: a model from a model-source
+            config (e.g. a stage's own teacher), checkpoint loaded, checked on the pipeline's data.
     """
 
     run_dir: Path
@@ -94,6 +99,8 @@ class StageContext:
     targets: dict[str, TargetConfig]
     seed: int
     reporter: Reporter
+    load_data: Callable[[Any, tuple[str | int, ...]], TaskData] | None = None
+    load_model: Callable[[Any, tuple[str | int, ...]], nn.Module] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -105,11 +112,11 @@ class StageContext:
         x, _ = self.data.tensors("val")
         return x[:batch]
 
-    def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
-        """Accuracy and loss of ``model`` on ``split`` at the pipeline's eval batch size."""
+    def evaluate(self, model: nn.Module, split: str = "val", *, data: TaskData | None = None) -> dict[str, float]:
+        """Accuracy and loss of ``model`` on ``split`` (of ``data``, default the pipeline's) at the eval batch size."""
         from compress.train import evaluate
 
-        return evaluate(model, self.data, split, batch_size=self.pipeline.data.eval_batch_size)
+        return evaluate(model, data or self.data, split, batch_size=self.pipeline.data.eval_batch_size)
 
     def fit(
         self,
@@ -121,6 +128,7 @@ class StageContext:
         checkpoint: str = "train.ckpt",
         seed_offset: int = 0,
         epochs: int | None = None,
+        data: TaskData | None = None,
         **fit_options: Any,
     ) -> Any:
         """``compress.train.fit`` with this stage's data, batch size, seed, checkpoint file, val
@@ -134,6 +142,7 @@ class StageContext:
             checkpoint: File name in the stage folder for the per-epoch checkpoint (resume).
             seed_offset: Added to the stage seed (different shuffles for repeated fits).
             epochs: Overrides ``train.epochs``.
+            data: Train (and evaluate) on this data instead of the pipeline's (``load_data``).
             **fit_options: Further ``compress.train.fit`` keywords (``max_steps``, ``before_step``...).
 
         Returns:
@@ -144,12 +153,12 @@ class StageContext:
         return fit(
             model,
             loss_fn,
-            self.data,
+            data or self.data,
             train,
             batch_size=self.batch_size,
             seed=self.seed + seed_offset,
             checkpoint=self.stage_dir / checkpoint,
-            eval_fn=self.evaluate,
+            eval_fn=(lambda m: self.evaluate(m, data=data)) if data is not None else self.evaluate,
             reporter=self.reporter,
             description=f"[{self.index + 1}] {label}",
             epochs=epochs,

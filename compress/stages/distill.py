@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from compress.config.schema import StudentConfig
+from compress.config.schema import ModelSourceConfig, StudentConfig, data_union
 from compress.distill import DistillObjective, LossesConfig
 from compress.distill.student import build_student
 from compress.errors import StageError
@@ -41,8 +41,19 @@ class DistillStageConfig(StageConfig):
         None,
         description="Student built from the teacher; default: the pipeline's `student:` (first distill)",
     )
-    teacher: Literal["original", "previous"] = Field(
-        "original", description="KD teacher: the pipeline's teacher, or the model entering this stage."
+    teacher: Literal["original", "previous"] | ModelSourceConfig = Field(
+        "original",
+        description=(
+            "KD teacher: the pipeline's teacher, the model entering this stage, or a model source of its own "
+            "(e.g. the pre-trained model before fine-tuning, for ERNIE-Tiny's general distillation)."
+        ),
+    )
+    data: data_union() | None = Field(  # type: ignore[valid-type]
+        None,
+        description=(
+            "Data for this stage instead of the pipeline's (e.g. general data first, task data later); same input "
+            "format. With other classes than the task's, disable ce and dkd (labels are meaningless to the head)."
+        ),
     )
 
 
@@ -68,16 +79,37 @@ class DistillStage(Stage):
                 raise StageError(str(e), stage=self.name, yaml_path=f"{ctx.yaml_path}.student") from e
         else:
             student = copy.deepcopy(ctx.model)
-        kd_teacher = ctx.teacher if cfg.teacher == "original" else ctx.model
+        at = ("stages", ctx.index, self.name)
+        if isinstance(cfg.teacher, ModelSourceConfig):
+            if ctx.load_model is None:
+                raise StageError("a teacher of its own needs the runner's model loader", stage=self.name)
+            kd_teacher = ctx.load_model(cfg.teacher, (*at, "teacher"))
+            teacher_label = f"{cfg.teacher.family} model"
+        else:
+            kd_teacher = ctx.teacher if cfg.teacher == "original" else ctx.model
+            teacher_label = cfg.teacher
+        data = ctx.data
+        if cfg.data is not None:
+            if ctx.load_data is None:
+                raise StageError("stage data needs the runner's data loader", stage=self.name)
+            data = ctx.load_data(cfg.data, (*at, "data"))
+            self._check_stage_data(ctx, cfg, data)
         objective = DistillObjective(
             kd_teacher,
             cfg.losses,
             student=student,
             example_inputs=ctx.example_inputs(2),
-            steps_per_epoch=steps_per_epoch(ctx.data, cfg.train, batch_size=ctx.batch_size),
+            steps_per_epoch=steps_per_epoch(data, cfg.train, batch_size=ctx.batch_size),
             yaml_path=f"{ctx.yaml_path}.losses",
         )
-        res = ctx.fit(student, objective, cfg.train, label="distill", before_step=objective.set_step)
+        res = ctx.fit(
+            student,
+            objective,
+            cfg.train,
+            label="distill",
+            before_step=objective.set_step,
+            data=data if cfg.data is not None else None,
+        )
         student.eval()
         return StageResult(
             model=student,
@@ -85,7 +117,26 @@ class DistillStage(Stage):
                 "history": res.history,
                 "steps": res.steps,
                 "kept_layers": spec.keep_layers if spec is not None else None,
-                "teacher": cfg.teacher,
+                "teacher": teacher_label,
+                "data": {"source": data.name, "train_examples": data.split_size("train")},
                 "losses": objective.describe(),
             },
         )
+
+    @staticmethod
+    def _check_stage_data(ctx: StageContext, cfg: DistillStageConfig, data: object) -> None:
+        """The stage's data must feed the same inputs; other classes rule out label losses."""
+        from compress.errors import ConfigError
+
+        here = f"{ctx.yaml_path}.data"
+        if tuple(data.input_shape) != tuple(ctx.data.input_shape) or data.inputs.dtype != ctx.data.inputs.dtype:  # type: ignore[attr-defined]
+            raise ConfigError(
+                f"{here}: inputs of shape {tuple(data.input_shape)} ({data.inputs.dtype}) do not match the "  # type: ignore[attr-defined]
+                f"pipeline data's {tuple(ctx.data.input_shape)} ({ctx.data.inputs.dtype}); use data of the same "
+                "format (image size and channels, or max_length and tokenizer)"
+            )
+        if data.num_classes != ctx.data.num_classes and (cfg.losses.ce is not None or cfg.losses.dkd is not None):  # type: ignore[attr-defined]
+            raise ConfigError(
+                f"{here}: {data.num_classes} classes, the task has {ctx.data.num_classes}; "  # type: ignore[attr-defined]
+                f"labels of other classes cannot train the head: set {ctx.yaml_path}.losses.ce: null (and dkd: null)"
+            )

@@ -79,8 +79,17 @@ def _load_teacher(loaded: LoadedPipeline, data: Any) -> torch.nn.Module:
 
     Every problem is bad input (exit 2) located at ``teacher.config`` or ``teacher.checkpoint``.
     """
-    t = loaded.config.teacher
-    where_cfg = loaded.where(("teacher", "config"))
+    return _load_source_model(loaded, loaded.config.teacher, ("teacher",), data, loaded.config.data.source)
+
+
+def _load_source_model(
+    loaded: LoadedPipeline, t: Any, at: tuple[str | int, ...], data: Any, source_name: str
+) -> torch.nn.Module:
+    """Build the model that the model-source config ``t`` (at YAML path ``at``) describes, load its
+    checkpoint and check that it runs on ``data``; problems are bad input (exit 2) located in the YAML."""
+    where_cfg = loaded.where((*at, "config"))
+    if t.checkpoint is not None and not Path(t.checkpoint).is_absolute():  # relative to the pipeline file
+        t = t.model_copy(update={"checkpoint": resolve_path(t.checkpoint, base_dir=loaded.path.parent)})
     config = dict(t.config)
     if isinstance(config.get("path"), str):  # model directories are relative to the pipeline file
         config["path"] = str(resolve_path(config["path"], base_dir=loaded.path.parent))
@@ -93,10 +102,10 @@ def _load_teacher(loaded: LoadedPipeline, data: Any) -> torch.nn.Module:
     except Exception as e:  # builders raise TypeError, ValueError, ZeroDivisionError, RuntimeError...
         raise BadInputError(
             f"{where_cfg}: family '{t.family}' cannot build {dict(t.config)} ({type(e).__name__}: {e}); "
-            "fix teacher.config (see the family's builder arguments)"
+            f"fix {format_at(at)}.config (see the family's builder arguments)"
         ) from None
     if t.checkpoint is not None:
-        model = _load_teacher_checkpoint(loaded, model)
+        model = _load_teacher_checkpoint(loaded, model, t, at)
     model.eval()
     x = data.inputs[:2]
     try:
@@ -104,25 +113,52 @@ def _load_teacher(loaded: LoadedPipeline, data: Any) -> torch.nn.Module:
             logits = model(x)
     except Exception as e:
         raise BadInputError(
-            f"{where_cfg}: the teacher cannot run on inputs of data source '{loaded.config.data.source}' "
-            f"(shape {tuple(x.shape[1:])}): {type(e).__name__}: {str(e)[:200]}; make teacher.config match "
+            f"{where_cfg}: the model cannot run on inputs of data source '{source_name}' "
+            f"(shape {tuple(x.shape[1:])}): {type(e).__name__}: {str(e)[:200]}; make {format_at(at)}.config match "
             "the data (image size, channels)"
         ) from None
     if logits.ndim != 2 or logits.shape[-1] != data.num_classes:
         got = logits.shape[-1] if logits.ndim == 2 else f"an output of shape {tuple(logits.shape)}"
         raise BadInputError(
-            f"{where_cfg}: the teacher predicts {got} classes but data source "
-            f"'{loaded.config.data.source}' has {data.num_classes}; set num_classes: {data.num_classes} "
+            f"{where_cfg}: the model predicts {got} classes but data source "
+            f"'{source_name}' has {data.num_classes}; set num_classes: {data.num_classes} "
             "(with a checkpoint trained for it)"
         )
     return model
 
 
-def _load_teacher_checkpoint(loaded: LoadedPipeline, model: torch.nn.Module) -> torch.nn.Module:
-    """Load ``teacher.checkpoint`` (state dict or compress model file) into ``model``, or refuse it."""
-    t = loaded.config.teacher
+def _load_stage_data(loaded: LoadedPipeline, dcfg: Any, at: tuple[str | int, ...], stage_dir: Path, env: Any) -> Any:
+    """A stage's own data set (``stages[i].<kind>.data``), split with the pipeline seed, split stored in the stage folder."""
+    try:
+        data = SOURCES.get(dcfg.source)(dcfg, env)
+    except DataSourceError as e:
+        raise DataError(f"{loaded.where((*at, *e.yaml_path[1:]))}: {e.detail}") from None
+    env.flush_cache()
+    load_or_make_splits(
+        data,
+        stage_dir / "splits.json",
+        val_fraction=dcfg.val_fraction,
+        test_fraction=dcfg.test_fraction,
+        seed=loaded.config.seed,
+    )
+    return data
+
+
+def format_at(at: tuple[str | int, ...]) -> str:
+    """``("stages", 0, "distill", "teacher")`` -> ``stages[0].distill.teacher``."""
+    out = ""
+    for p in at:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _load_teacher_checkpoint(
+    loaded: LoadedPipeline, model: torch.nn.Module, t: Any = None, at: tuple[str | int, ...] = ("teacher",)
+) -> torch.nn.Module:
+    """Load ``<at>.checkpoint`` (state dict or compress model file) into ``model``, or refuse it."""
+    t = t if t is not None else loaded.config.teacher
     ck = t.checkpoint
-    where = loaded.where(("teacher", "checkpoint"))
+    where = loaded.where((*at, "checkpoint"))
     try:
         obj = load_checkpoint_file(ck)
         if isinstance(obj, dict) and obj.get("format") == "compress-model/1":
@@ -135,7 +171,7 @@ def _load_teacher_checkpoint(loaded: LoadedPipeline, model: torch.nn.Module) -> 
                 ) from None
             if family != t.family:
                 raise CheckpointError(
-                    f"{ck}: a compress model file of family '{family}', but teacher.family is '{t.family}'; "
+                    f"{ck}: a compress model file of family '{family}', but {format_at(at)}.family is '{t.family}'; "
                     f"set family: {family} or give a '{t.family}' checkpoint"
                 )
             clash = {k: (v, saved[k]) for k, v in t.config.items() if k in saved and saved[k] != v}
@@ -143,7 +179,7 @@ def _load_teacher_checkpoint(loaded: LoadedPipeline, model: torch.nn.Module) -> 
                 shown = ", ".join(f"{k}: config {a!r} vs file {b!r}" for k, (a, b) in list(clash.items())[:4])
                 raise CheckpointError(
                     f"{ck}: the compress model file was saved with another architecture ({shown}); "
-                    "drop these keys from teacher.config (the file carries its architecture) or fix them"
+                    f"drop these keys from {format_at(at)}.config (the file carries its architecture) or fix them"
                 )
             model = model_from_spec(spec)
             load_state_dict_checked(model, obj["state_dict"], source=str(ck))
@@ -382,6 +418,8 @@ def run_pipeline(
                     targets=loaded.targets,
                     seed=cfg.seed * 1000 + i,
                     reporter=reporter,
+                    load_data=lambda dcfg, at, _sdir=sdir: _load_stage_data(loaded, dcfg, at, _sdir, data_env),
+                    load_model=lambda mcfg, at: _load_source_model(loaded, mcfg, at, data, cfg.data.source),
                 )
                 try:
                     result: StageResult = stage_cls().run(ctx, entry.config)

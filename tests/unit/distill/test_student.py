@@ -109,3 +109,17 @@ def test_random_init_keeps_the_architecture_not_the_weights(bert):
     assert not torch.equal(s.net.bert.encoder.layer[0].attention.self.query.weight,
                            bert.net.bert.encoder.layer[0].attention.self.query.weight)
     assert s(_ids()).shape == (3, 5)
+
+
+def test_hidden_width_narrows_the_residual_stream(bert, tmp_path):
+    s = _student(bert, _ids(), hidden=16, heads=2)
+    emb = s.net.bert.embeddings
+    assert emb.word_embeddings.embedding_dim == 16 and emb.LayerNorm.normalized_shape == (16,)
+    layer = s.net.bert.encoder.layer[0]
+    assert layer.attention.self.query.in_features == 16 and layer.attention.self.num_attention_heads == 2
+    assert layer.output.dense.out_features == 16
+    assert s(_ids()).shape == (3, 5)
+    save_model(s, tmp_path / "s.pt")
+    torch.testing.assert_close(load_model(tmp_path / "s.pt").eval()(_ids()), s(_ids()))
+    with pytest.raises(ValueError, match="hidden applies to Hugging Face"):
+        _student(build_model("tiny-vit", {"dim": 16, "depth": 2}), torch.zeros(1, 1, 8, 8), hidden=8)
