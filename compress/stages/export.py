@@ -6,6 +6,11 @@ Formats (``formats:``), written to ``artifacts/``:
   disabled, i.e. the full-precision weights it holds. After a ``qat`` stage
   these are the QAT-trained float weights (the ones the INT8 files quantize),
   not the weights that entered ``qat``; without ``qat`` it is simply the model.
+* ``onnx-fp16`` → ``model.fp16.onnx``: the same float model (quantization
+  disabled, as for ``onnx-fp32``: a fake-quant graph in float16 would mean
+  nothing) with float16 weights and compute and float32 inputs and outputs
+  (``compress.export.fp16``). Weights beyond the float16 range are clipped,
+  counted in the artifact's ``fp16`` meta and reported as a warning.
 * ``onnx-int8`` → ``model.int8.onnx``: INT8 Q/DQ, signed activations (S8S8,
   TensorRT rules) from the learned scales.
 * ``onnx-int8-u8`` → ``model.int8-u8.onnx``: the same scales with uint8
@@ -14,7 +19,10 @@ Formats (``formats:``), written to ``artifacts/``:
 INT8 formats need an earlier ``qat`` stage (checked before the run starts).
 Each file is compared with its torch source on ``parity_split`` with ONNX
 Runtime (``compress.export.parity``, ``basic`` graph optimisation: the file's
-own semantics); a tolerance exceeded fails the stage with ``ExportError``. For
+own semantics); a tolerance exceeded fails the stage with ``ExportError``
+(``tolerances.fp32``, ``tolerances.fp16`` or ``tolerances.int8`` by the file's
+precision; ONNX Runtime CPU runs float16 nodes it has no kernel for in float32,
+so FP16 parity on CPU is close to, not identical with, a GPU's). For
 ``onnx-int8-u8`` the stage also records ``ort_cpu_parity``, the parity of ONNX
 Runtime's fused integer kernels on this host, and warns when it misses the
 tolerance (x86 without VNNI saturates 8-bit weights; see
@@ -23,18 +31,21 @@ tolerance (x86 without VNNI saturates 8-bit weights; see
 Example (pipeline YAML)::
 
     - export:
-        formats: [onnx-fp32, onnx-int8-u8]
+        formats: [onnx-fp32, onnx-fp16, onnx-int8-u8]
         tolerances: {int8: {min_top1_agreement: 0.99}}
 
 Metrics: ``formats`` (by name: ``path``, ``parity``, ``size_bytes``, and
-``qdq`` node counts or ``ort_cpu_parity`` where they apply),
-``int8_size_ratio`` (FP32 bytes / INT8 bytes when both exist), ``preprocess``.
+``qdq`` node counts, ``fp16`` conversion counts, ``warnings`` or
+``ort_cpu_parity`` where they apply), ``int8_size_ratio`` and
+``fp16_size_ratio`` (FP32 bytes / INT8 or FP16 bytes when both exist),
+``preprocess``.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,10 +58,12 @@ from compress._utils.registry import Registry
 from compress.errors import ExportError
 from compress.export import (
     ExportFormat,
+    Fp16ExportConfig,
     ParityTolerancesConfig,
     TensorRTExportConfig,
     check_parity,
     export_onnx,
+    export_onnx_fp16,
     export_onnx_qdq,
     parity,
     qdq_summary,
@@ -69,21 +82,21 @@ class OnnxFormat:
     Attributes:
         name: The ``formats:`` value and artifact name.
         filename: File name under ``artifacts/``.
-        precision: ``fp32`` or ``int8`` (selects the parity tolerance).
-        flavour: ``fp32``, ``s8s8`` or ``u8s8``.
+        precision: ``fp32``, ``fp16`` or ``int8`` (selects the parity tolerance).
+        flavour: ``fp32``, ``fp16``, ``s8s8`` or ``u8s8``.
         check_ort_kernels: Also record parity of ONNX Runtime's fused CPU kernels (ORT-targeted files).
     """
 
     name: str
     filename: str
-    precision: Literal["fp32", "int8"]
-    flavour: Literal["fp32", "s8s8", "u8s8"]
+    precision: Literal["fp32", "fp16", "int8"]
+    flavour: Literal["fp32", "fp16", "s8s8", "u8s8"]
     check_ort_kernels: bool = False
 
     @property
     def quantized(self) -> bool:
         """Whether the file is written from the fake quantizers' scales."""
-        return self.precision != "fp32"
+        return self.precision == "int8"
 
     def source(self, model: nn.Module) -> nn.Module:
         """The torch model this file is exported from and compared with (a copy of ``model``)."""
@@ -92,17 +105,31 @@ class OnnxFormat:
         src.eval()
         return src
 
-    def write(self, model: nn.Module, path: Path, example_inputs: Any, opset: int) -> None:
-        """Export ``model`` (from ``source``) to ``path``."""
+    def write(
+        self,
+        model: nn.Module,
+        path: Path,
+        example_inputs: Any,
+        opset: int,
+        fp16: Fp16ExportConfig | None = None,
+    ) -> dict[str, Any]:
+        """Export ``model`` (from ``source``) to ``path``; return meta proper to the format (may be empty)."""
         if self.quantized:
             export_onnx_qdq(model, path, example_inputs, flavour=self.flavour, opset=opset)  # type: ignore[arg-type]
+        elif self.precision == "fp16":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the stage records and reports the clipping warning itself
+                conv = export_onnx_fp16(model, path, example_inputs, opset=opset, config=fp16)
+            return {"fp16": conv.to_dict(), "warnings": [conv.warning] if conv.warning else []}
         else:
             export_onnx(model, path, example_inputs, opset=opset)
+        return {}
 
 
 ONNX_FORMATS: Registry[OnnxFormat] = Registry("export format")
 for _f in (
     OnnxFormat("onnx-fp32", "model.fp32.onnx", "fp32", "fp32"),
+    OnnxFormat("onnx-fp16", "model.fp16.onnx", "fp16", "fp16"),
     OnnxFormat("onnx-int8", "model.int8.onnx", "int8", "s8s8"),
     OnnxFormat("onnx-int8-u8", "model.int8-u8.onnx", "int8", "u8s8", check_ort_kernels=True),
 ):
@@ -119,7 +146,7 @@ class EngineFormat:
     filename: str
     precision: Literal["fp16", "int8"]
     onnx: str  # the ONNX format it is built from
-    tolerance: Literal["fp32", "int8"]  # which parity tolerance applies (fp16 uses the int8 limits)
+    tolerance: Literal["fp32", "fp16", "int8"]  # which parity tolerance applies
 
     @property
     def quantized(self) -> bool:
@@ -128,7 +155,7 @@ class EngineFormat:
 
 ENGINE_FORMATS: Registry[EngineFormat] = Registry("engine format")
 for _e in (
-    EngineFormat("tensorrt-fp16", "model.fp16.engine", "fp16", "onnx-fp32", "int8"),
+    EngineFormat("tensorrt-fp16", "model.fp16.engine", "fp16", "onnx-fp32", "fp16"),
     EngineFormat("tensorrt-int8", "model.int8.engine", "int8", "onnx-int8", "int8"),
 ):
     ENGINE_FORMATS.register(_e.name)(_e)
@@ -173,8 +200,9 @@ class ExportStageConfig(StageConfig):
     formats: list[ExportFormat] = Field(
         default_factory=lambda: ["onnx-fp32", "onnx-int8", "onnx-int8-u8"],
         min_length=1,
-        description="Files to write: onnx-fp32, onnx-int8 (S8S8, TensorRT), "
-        "onnx-int8-u8 (U8S8, ONNX Runtime CPU).",
+        description="Files to write: onnx-fp32, onnx-fp16 (float16, float32 I/O), "
+        "onnx-int8 (S8S8, TensorRT), onnx-int8-u8 (U8S8, ONNX Runtime CPU), torch-fp32, "
+        "tensorrt-fp16, tensorrt-int8.",
     )
     opset: int = Field(
         17,
@@ -188,6 +216,9 @@ class ExportStageConfig(StageConfig):
     )
     parity_split: Literal["train", "val", "test"] = Field(
         "val", description="Data split used for the parity checks."
+    )
+    fp16: Fp16ExportConfig = Field(
+        default_factory=Fp16ExportConfig, description="How onnx-fp16 is converted (ops kept in float32)."
     )
     tensorrt: TensorRTExportConfig = Field(
         default_factory=TensorRTExportConfig, description="Engine profiles and builder settings (tensorrt-* formats)."
@@ -218,13 +249,13 @@ class ExportStageConfig(StageConfig):
 
 @register_stage
 class ExportStage(Stage):
-    """Write ONNX FP32 and INT8 Q/DQ files and check their parity with torch."""
+    """Write ONNX FP32, FP16 and INT8 Q/DQ files and check their parity with torch."""
 
     name = "export"
     config_class = ExportStageConfig
     before = frozenset({"validate"})
     description = (
-        "Export ONNX FP32 and INT8 Q/DQ (S8S8 for TensorRT, U8S8 for ONNX Runtime) with parity checks."
+        "Export ONNX FP32, FP16 and INT8 Q/DQ (S8S8 for TensorRT, U8S8 for ONNX Runtime) with parity checks."
     )
 
     @classmethod
@@ -275,7 +306,7 @@ class ExportStage(Stage):
             path = ctx.artifacts_dir / fmt.filename
             rel = str(rel_dir / fmt.filename)
             try:
-                fmt.write(src, path, example, cfg.opset)
+                extra = fmt.write(src, path, example, cfg.opset, cfg.fp16)
                 par = parity(path, src, x_par, batch_size=bs)
             except ExportError as e:
                 raise fail(f"{fmt.name} ({rel}): {e}") from e
@@ -294,7 +325,10 @@ class ExportStage(Stage):
                 "parity": par,
                 "parity_split": cfg.parity_split,
                 "size_bytes": path.stat().st_size,
+                **extra,
             }
+            for warning in extra.get("warnings", []):
+                ctx.reporter.line(f"  warning: {fmt.name} ({rel}): {warning}")
             if fmt.quantized:
                 meta["qdq"] = qdq_summary(path)
             if fmt.check_ort_kernels:
@@ -325,8 +359,9 @@ class ExportStage(Stage):
         atomic_write_json(ctx.artifacts_dir / PREPROCESS_FILE, _preprocess(ctx, formats))
         metrics: dict[str, Any] = {"formats": by_name, "preprocess": pre_rel}
         sizes = {f.precision: by_name[f.name]["size_bytes"] for f in formats}
-        if "fp32" in sizes and "int8" in sizes:
-            metrics["int8_size_ratio"] = sizes["fp32"] / sizes["int8"]
+        for low in ("int8", "fp16"):
+            if "fp32" in sizes and low in sizes:
+                metrics[f"{low}_size_ratio"] = sizes["fp32"] / sizes[low]
         return StageResult(artifacts=artifacts, metrics=metrics)
 
 

@@ -113,14 +113,14 @@ def _load_source_model(
             logits = model(x)
     except Exception as e:
         raise BadInputError(
-            f"{where_cfg}: the model cannot run on inputs of data source '{source_name}' "
+            f"{where_cfg}: the {at[-1]} cannot run on inputs of data source '{source_name}' "
             f"(shape {tuple(x.shape[1:])}): {type(e).__name__}: {str(e)[:200]}; make {format_at(at)}.config match "
             "the data (image size, channels)"
         ) from None
     if logits.ndim != 2 or logits.shape[-1] != data.num_classes:
         got = logits.shape[-1] if logits.ndim == 2 else f"an output of shape {tuple(logits.shape)}"
         raise BadInputError(
-            f"{where_cfg}: the model predicts {got} classes but data source "
+            f"{where_cfg}: the {at[-1]} predicts {got} classes but data source "
             f"'{source_name}' has {data.num_classes}; set num_classes: {data.num_classes} "
             "(with a checkpoint trained for it)"
         )
