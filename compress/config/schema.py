@@ -119,7 +119,7 @@ class StudentConfig(CompressConfig):
     heads: int | None = Field(None, ge=1, le=4096, description="Attention heads kept per layer (Transformers).")
     ffn: int | None = Field(None, ge=1, le=1_000_000, description="FFN neurons kept per layer (Transformers).")
     hidden: int | None = Field(
-        None, ge=1, le=1_000_000, description="Hidden (residual) width kept (Hugging Face BERT family)."
+        None, ge=1, le=1_000_000, description="Hidden (residual) width kept (BERT family, built-in tiny-vit, timm ViT)."
     )
     round_to: int | None = Field(None, ge=1, le=512, description="Round kept channel counts to a multiple of this.")
     model: ModelSourceConfig | None = Field(None, description="An independent student instead of one built from the teacher.")

@@ -123,6 +123,15 @@ def _hf_attention(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
+def _fused_attention(model: nn.Module) -> dict[str, nn.Module]:
+    """timm-style attention: one fused ``qkv`` Linear and an integer ``num_heads``."""
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(getattr(m, "num_heads", None), int) and isinstance(getattr(m, "qkv", None), nn.Linear)
+    }
+
+
 def _tiny_attention(model: nn.Module) -> dict[str, nn.Module]:
     return {
         n: m
@@ -147,8 +156,9 @@ def student_by_width(
     CNNs (no attention found): every coupled channel group keeps ``width`` of its channels.
     Transformers (built-in tiny-vit, Hugging Face BERT family): each layer keeps ``heads`` heads
     (default ``round(width · heads)``) and ``ffn`` FFN neurons (default ``round(width · ffn)``);
-    ``hidden`` (Hugging Face BERT family) also narrows the residual stream (embeddings, every
-    layer's output, the norms) to that many channels; the per-head width stays.
+    ``hidden`` also narrows the residual stream (embeddings or patch embedding, [CLS] token and
+    positions, every layer's output, the norms) to that many channels; the per-head width stays.
+    Transformers covered: Hugging Face BERT family, the built-in tiny-vit, timm ViTs (fused qkv).
 
     Raises:
         ValueError: Nothing to narrow, a count larger than the teacher's, or an architecture without
@@ -157,8 +167,8 @@ def student_by_width(
     import torch_pruning as tp
 
     student = copy.deepcopy(teacher).eval()
-    hf, tiny = _hf_attention(student), _tiny_attention(student)
-    attn = hf or tiny
+    hf, tiny, fused = _hf_attention(student), _tiny_attention(student), _fused_attention(student)
+    attn = hf or tiny or fused
     imp = tp.importance.GroupMagnitudeImportance(p=2)
     ignored = _classifier(student)
     kw: dict[str, Any] = {"round_to": round_to} if round_to else {}
@@ -173,7 +183,8 @@ def student_by_width(
         )
         pruner.step()
         return student
-    q, k, v = ("query", "key", "value") if hf else ("q", "k", "v")
+    projs = ("query", "key", "value") if hf else ("q", "k", "v") if tiny else ("qkv",)
+    q = projs[0]
     heads_attr = "num_attention_heads" if hf else "num_heads"
     num_heads: dict[nn.Module, int] = {}
     ratios: dict[nn.Module, float] = {}
@@ -182,10 +193,10 @@ def student_by_width(
         keep = heads if heads is not None else (max(1, round(width * n_heads)) if width is not None else n_heads)
         if keep > n_heads:
             raise ValueError(f"heads {keep} is more than the {n_heads} heads of '{name}'")
-        for p in (q, k, v):
+        for p in projs:
             num_heads[getattr(a, p)] = n_heads
         if keep < n_heads:
-            for p in (q, k, v):
+            for p in projs:
                 ratios[getattr(a, p)] = 1.0 - keep / n_heads
     for fc in _ffn_inputs(student, hf=bool(hf)):
         n = fc.out_features
@@ -195,9 +206,9 @@ def student_by_width(
         if keep < n:
             ratios[fc] = 1.0 - keep / n
     if hidden is not None:
-        if not hf:
-            raise ValueError("hidden applies to Hugging Face BERT-family students; use heads/ffn for this model")
-        _narrow_hidden(student, example_inputs, hidden, imp=imp, round_to=round_to)
+        _narrow_hidden(student, example_inputs, hidden, imp=imp, round_to=round_to, heads={
+            getattr(a, p): int(getattr(a, heads_attr)) for a in attn.values() for p in projs
+        })
     if not ratios:
         return student
     head_ratio = max((ratios[getattr(a, q)] for a in attn.values() if getattr(a, q) in ratios), default=0.0)
@@ -223,6 +234,8 @@ def student_by_width(
         if hf:
             a.all_head_size = a.query.out_features
             a.attention_head_size = a.all_head_size // int(new_heads)
+        if isinstance(getattr(a, "attn_dim", None), int):  # timm: the merged-heads width
+            a.attn_dim = int(new_heads) * int(a.head_dim)
     if hf:
         cfg = student.net.config if hasattr(student, "net") else None
         if cfg is not None:
@@ -232,22 +245,40 @@ def student_by_width(
     return student
 
 
-def _narrow_hidden(model: nn.Module, example_inputs: torch.Tensor, hidden: int, *, imp: Any, round_to: int | None) -> None:
-    """Keep ``hidden`` channels of a BERT model's residual stream (the word-embedding group), chosen by magnitude."""
+def _embedding_root(model: nn.Module) -> tuple[nn.Module, int]:
+    """The module whose outputs start the residual stream, and its width: BERT word embeddings, or a
+    ViT's patch embedding (built-in ``patch_embed`` Linear, timm ``patch_embed.proj`` Conv)."""
+    for name, m in model.named_modules():
+        if name.endswith("embeddings.word_embeddings") and isinstance(m, nn.Embedding):
+            return m, m.embedding_dim
+    for name, m in model.named_modules():
+        if (name == "patch_embed" or name.endswith(".patch_embed")) and isinstance(m, nn.Linear):
+            return m, m.out_features
+        if name.endswith("patch_embed.proj") and isinstance(m, nn.Conv2d):
+            return m, m.out_channels
+    raise ValueError(
+        "hidden: no word embeddings (BERT family) or patch embedding (ViT) found; hidden applies to those"
+    )
+
+
+def _narrow_hidden(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    hidden: int,
+    *,
+    imp: Any,
+    round_to: int | None,
+    heads: dict[nn.Module, int],
+) -> None:
+    """Keep ``hidden`` channels of the residual stream (the embedding group, with the [CLS] token and
+    position parameters coupled to it), chosen by magnitude; head counts and head widths stay."""
     import torch_pruning as tp
 
-    emb = next((m for n, m in model.named_modules() if n.endswith("embeddings.word_embeddings")), None)
-    if not isinstance(emb, nn.Embedding):
-        raise ValueError("hidden: no '*.embeddings.word_embeddings' found; not a BERT-family model")
-    width = emb.embedding_dim
+    emb, width = _embedding_root(model)
     if not 0 < hidden <= width:
         raise ValueError(f"hidden {hidden} must be between 1 and the teacher's hidden size {width}")
     if hidden == width:
         return
-    heads = {}
-    for a in _hf_attention(model).values():
-        for p in (a.query, a.key, a.value):
-            heads[p] = int(a.num_attention_heads)
     pruner = tp.pruner.MetaPruner(
         model,
         example_inputs,
@@ -261,8 +292,9 @@ def _narrow_hidden(model: nn.Module, example_inputs: torch.Tensor, hidden: int, 
         **({"round_to": round_to} if round_to else {}),
     )
     pruner.step()
-    if emb.embedding_dim != hidden:
-        raise ValueError(f"hidden: torch-pruning kept {emb.embedding_dim} channels, not {hidden} (round_to?)")
+    emb, kept = _embedding_root(model)
+    if kept != hidden:
+        raise ValueError(f"hidden: torch-pruning kept {kept} channels, not {hidden} (round_to?)")
 
 
 def _ffn_inputs(model: nn.Module, *, hf: bool) -> list[nn.Linear]:

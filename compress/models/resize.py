@@ -12,7 +12,8 @@ The record has three parts:
     ``depth``: ``{container: n}``: a ``ModuleList``/``Sequential`` keeps its first ``n`` children
     (a depth student's layers are renumbered 0..n-1, so the state dict keys match);
     ``modules``: ``{name: {"type": ..., dims...}}``: a Linear, Conv, norm or Embedding rebuilt at these sizes;
-    ``attrs``: ``{name: {attr: int}}``: integer attributes that describe widths (head counts, head sizes).
+    ``attrs``: ``{name: {attr: int}}``: integer attributes that describe widths (head counts, head sizes);
+    ``params``: ``{name: shape}``: free parameters of other modules ([CLS] token, positions) at new shapes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _INT_ATTRS = (
     "embed_dim",
     "hidden_size",
     "num_key_value_heads",
+    "attn_dim",
 )
 """Integer attributes that encode widths in common attention implementations (HF BERT, timm ViT)."""
 
@@ -74,6 +76,7 @@ def structure_diff(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
     ref_mods = dict(ref.named_modules())
     modules: dict[str, Any] = {}
     attrs: dict[str, dict[str, int]] = {}
+    params: dict[str, list[int]] = {}
     for name, m in model.named_modules():
         r = ref_mods.get(name)
         if r is None:
@@ -81,6 +84,11 @@ def structure_diff(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
         d = _dims(m)
         if d is not None and d != _dims(r):
             modules[name] = d
+        if d is None:
+            for pname, prm in m._parameters.items():
+                rp = r._parameters.get(pname)
+                if prm is not None and rp is not None and tuple(prm.shape) != tuple(rp.shape):
+                    params[f"{name}.{pname}" if name else pname] = list(prm.shape)
         changed = {
             a: int(getattr(m, a))
             for a in _INT_ATTRS
@@ -88,7 +96,10 @@ def structure_diff(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
         }
         if changed:
             attrs[name] = changed
-    return {"depth": depth, "modules": modules, "attrs": attrs}
+    out: dict[str, Any] = {"depth": depth, "modules": modules, "attrs": attrs}
+    if params:
+        out["params"] = params
+    return out
 
 
 def _clone_with_depth(model: nn.Module, depth: dict[str, int]) -> nn.Module:
@@ -155,6 +166,13 @@ def apply_structure(model: nn.Module, record: dict[str, Any]) -> nn.Module:
         if ref_param is not None:
             new = new.to(dtype=ref_param.dtype)
         setattr(parent, attr, new)
+    for name, shape in record.get("params", {}).items():
+        owner_name, _, pname = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        old_p = owner._parameters.get(pname)
+        if old_p is None:
+            raise ValueError(f"recorded parameter {name!r} does not exist in this architecture")
+        owner._parameters[pname] = nn.Parameter(old_p.new_empty(shape), requires_grad=old_p.requires_grad)
     for name, changed in record.get("attrs", {}).items():
         mod = model.get_submodule(name) if name else model
         for a, v in changed.items():
@@ -164,7 +182,7 @@ def apply_structure(model: nn.Module, record: dict[str, Any]) -> nn.Module:
 
 def is_empty(record: dict[str, Any]) -> bool:
     """True when the record changes nothing."""
-    return not any(record.get(k) for k in ("depth", "modules", "attrs"))
+    return not any(record.get(k) for k in ("depth", "modules", "attrs", "params"))
 
 
 @torch.no_grad()

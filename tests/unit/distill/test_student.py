@@ -121,5 +121,45 @@ def test_hidden_width_narrows_the_residual_stream(bert, tmp_path):
     assert s(_ids()).shape == (3, 5)
     save_model(s, tmp_path / "s.pt")
     torch.testing.assert_close(load_model(tmp_path / "s.pt").eval()(_ids()), s(_ids()))
-    with pytest.raises(ValueError, match="hidden applies to Hugging Face"):
-        _student(build_model("tiny-vit", {"dim": 16, "depth": 2}), torch.zeros(1, 1, 8, 8), hidden=8)
+    with pytest.raises(ValueError, match="no word embeddings .* or patch embedding"):
+        _student(build_model("factory", {"factory": f"{__name__}:_mlp"}), torch.zeros(1, 1, 8, 8), hidden=8, heads=1)
+
+
+def _mlp():
+    from torch import nn
+
+    class WithHeads(nn.Module):  # an attention-like module without an embedding: hidden cannot apply
+        def __init__(self):
+            super().__init__()
+            self.num_heads = 2
+            self.q, self.k, self.v = nn.Linear(64, 8), nn.Linear(64, 8), nn.Linear(64, 8)
+            self.out = nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = x.flatten(1)
+            return self.out(self.q(x) + self.k(x) + self.v(x))
+
+    return WithHeads()
+
+
+@pytest.mark.parametrize("family", ["tiny-vit", "timm"])
+def test_vit_students_narrow_heads_ffn_and_hidden(family, tmp_path):
+    torch.manual_seed(0)
+    if family == "tiny-vit":
+        t, x = build_model("tiny-vit", {"dim": 32, "depth": 2, "num_heads": 4, "mlp_dim": 64}), torch.randn(2, 1, 8, 8)
+    else:
+        t = build_model(
+            "timm",
+            {"arch": "vit_tiny_patch16_224", "num_classes": 10, "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2}},
+        )
+        x = torch.randn(2, 3, 32, 32)
+    t.eval()
+    s = _student(t, x, heads=2, ffn=16, hidden=16)
+    blocks = s.blocks if family == "tiny-vit" else s.net.blocks
+    attn = blocks[0].attn
+    assert attn.num_heads == 2 and blocks[0].mlp.fc1.out_features == 16
+    cls = s.cls_token if family == "tiny-vit" else s.net.cls_token
+    assert cls.shape[-1] == 16
+    assert s(x).shape == (2, 10)
+    save_model(s, tmp_path / "s.pt")
+    torch.testing.assert_close(load_model(tmp_path / "s.pt").eval()(x), s(x))
