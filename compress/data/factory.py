@@ -17,7 +17,6 @@ Example (YAML)::
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator
 
+from compress._utils.imports import FactoryImportError, import_callable
 from compress.config.schema import DataConfig, JsonValue
 from compress.data._common import short_error
 from compress.data.base import DataEnv, DataSourceError, TaskData, register_source
@@ -54,31 +54,15 @@ class FactoryDataConfig(DataConfig):
 
 
 def import_function(ref: str) -> Callable[..., Any]:
-    """Import ``package.module:function`` (no string is evaluated).
+    """Import ``package.module:function`` (no string is evaluated; ``compress._utils.imports``).
 
     Raises:
         DataSourceError: The module cannot be imported, or has no such callable.
     """
-    mod_name, _, attr = ref.partition(":")
     try:
-        obj: Any = importlib.import_module(mod_name)
-    except Exception as e:  # ModuleNotFoundError, or whatever the module raises while importing
-        raise DataSourceError(
-            f"factory '{ref}': cannot import module '{mod_name}' ({short_error(e)}); "
-            "check the name and PYTHONPATH",
-            key="factory",
-        ) from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise DataSourceError(
-                f"factory '{ref}': module '{mod_name}' has no attribute '{attr}'", key="factory"
-            )
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise DataSourceError(
-            f"factory '{ref}': '{attr}' is a {type(obj).__name__}, not a function", key="factory"
-        )
-    return obj  # type: ignore[no-any-return]
+        return import_callable(ref)
+    except FactoryImportError as e:
+        raise DataSourceError(str(e), key="factory") from None
 
 
 def check_factory(cfg: FactoryDataConfig, env: DataEnv) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress._utils.imports import FactoryImportError, import_callable
 from compress._utils.paths import resolve_path
 from compress.errors import BadInputError, MissingDependency
 from compress.models.registry import register_family
@@ -305,25 +306,15 @@ def hf_directory(model: nn.Module) -> Any:
 
 
 def import_factory(ref: str) -> Any:
-    """Import ``package.module:function`` without evaluating any string as code.
+    """Import ``package.module:function`` without evaluating any string (``compress._utils.imports``).
 
     Raises:
         BadInputError: Malformed reference, missing module or attribute.
     """
-    mod_name, sep, attr = ref.partition(":")
-    if not sep or not mod_name or not attr or not all(p.isidentifier() for p in mod_name.split(".") + attr.split(".")):
-        raise BadInputError(f"factory {ref!r}: expected 'package.module:function'")
     try:
-        obj: Any = importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        raise BadInputError(f"factory {ref!r}: cannot import module '{mod_name}' ({e}); check the name and PYTHONPATH") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise BadInputError(f"factory {ref!r}: module '{mod_name}' has no attribute '{attr}'")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise BadInputError(f"factory {ref!r}: '{attr}' is not callable")
-    return obj
+        return import_callable(ref)
+    except FactoryImportError as e:
+        raise BadInputError(str(e)) from None
 
 
 @register_family("factory")
