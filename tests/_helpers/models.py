@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from compress._utils.progress import Reporter
 from compress.data import SOURCES, TaskData, load_or_make_splits
 from compress.models import build_model
 
@@ -56,3 +57,23 @@ def stage_context(
         seed=seed,
         reporter=reporter if reporter is not None else SILENT,
     )
+
+
+class Recorder(Reporter):
+    """A silent progress reporter that keeps the summary lines a stage prints (``.lines``)."""
+
+    def __init__(self) -> None:
+        super().__init__(silent=True)
+        self.lines: list[str] = []
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def calibrated_qat(data: TaskData) -> torch.nn.Module:
+    """A default-config QAT tiny-vit, calibrated on two training batches, in eval mode."""
+    from compress.quant import QuantConfig, calibrate_, prepare_qat
+
+    qat = prepare_qat(tiny_vit(), QuantConfig())
+    calibrate_(qat, lambda m: [m(x) for _, (x, _) in zip(range(2), data.batches("train", 64), strict=False)])
+    return qat.eval()

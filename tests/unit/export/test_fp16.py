@@ -14,7 +14,6 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import compress.stages.export as export_module
-from compress._utils.progress import Reporter
 from compress.config.schema import TargetConfig
 from compress.errors import ExportError
 from compress.export import (
@@ -33,7 +32,7 @@ from compress.models import build_model
 from compress.quant import QuantConfig, calibrate_, prepare_qat
 from compress.stages.export import ExportStage, ExportStageConfig
 from compress.stages.validate import ValidateStage, ValidateStageConfig
-from tests._helpers.models import digits, stage_context, tiny_vit
+from tests._helpers.models import Recorder, calibrated_qat, digits, stage_context, tiny_vit
 
 FP16_TOL = ParityTolerancesConfig().fp16
 
@@ -231,23 +230,13 @@ def test_refuses_fake_quant_models_and_qdq_graphs(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ export stage and validate
 
 
-class Recorder(Reporter):
-    def __init__(self) -> None:
-        super().__init__(silent=True)
-        self.lines: list[str] = []
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
-
-
 @pytest.fixture(scope="module")
 def stage_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The export stage with formats [onnx-fp32, onnx-fp16] on a calibrated QAT tiny-vit."""
     root = tmp_path_factory.mktemp("fp16-stage")
     data = digits(root)
-    qat = prepare_qat(tiny_vit(), QuantConfig())
-    calibrate_(qat, lambda m: [m(x) for _, (x, _) in zip(range(2), data.batches("train", 64), strict=False)])
-    ctx = stage_context(root, data, qat.eval(), kind="export", index=2, reporter=Recorder())
+    qat = calibrated_qat(data)
+    ctx = stage_context(root, data, qat, kind="export", index=2, reporter=Recorder())
     res = ExportStage().run(ctx, ExportStageConfig(formats=["onnx-fp32", "onnx-fp16"]))
     return {"root": root, "data": data, "model": qat, "result": res}
 

@@ -15,29 +15,17 @@ import torch
 import compress.stages.export as export_module
 from compress._utils.progress import Reporter
 from compress.errors import ExportError
-from compress.quant import QuantConfig, calibrate_, prepare_qat
 from compress.stages import STAGES, StageContext
 from compress.stages.export import ExportStage, ExportStageConfig
 from compress.stages.qat import QATStageConfig
-from tests._helpers.models import digits, tiny_vit
-
-
-class Recorder(Reporter):
-    def __init__(self) -> None:
-        super().__init__(silent=True)
-        self.lines: list[str] = []
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
+from tests._helpers.models import Recorder, calibrated_qat, digits, tiny_vit
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("export-stage")
     data = digits(root)
-    qat = prepare_qat(tiny_vit(), QuantConfig())
-    calibrate_(qat, lambda m: [m(x) for _, (x, _) in zip(range(2), data.batches("train", 64), strict=False)])
-    return {"root": root, "data": data, "qat": qat.eval()}
+    return {"root": root, "data": data, "qat": calibrated_qat(data)}
 
 
 def _ctx(run_dir: Path, data: Any, model: torch.nn.Module, reporter: Reporter | None = None) -> StageContext:

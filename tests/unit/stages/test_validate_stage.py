@@ -9,7 +9,6 @@ import pydantic
 import pytest
 import torch
 
-from compress._utils.progress import Reporter
 from compress.config.schema import TargetConfig
 from compress.errors import ConfigError
 from compress.export import export_onnx
@@ -17,21 +16,12 @@ from compress.models import save_model
 from compress.stages import STAGES, Artifact, StageContext
 from compress.stages.validate import ValidateStage, ValidateStageConfig
 from compress.train import evaluate
-from tests._helpers.models import digits, tiny_vit
+from tests._helpers.models import Recorder, digits, tiny_vit
 
 STATS_KEYS = {
     "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
     "throughput_per_s", "iterations", "repeats", "p50_spread_ms",
 }  # fmt: skip
-
-
-class Recorder(Reporter):
-    def __init__(self) -> None:
-        super().__init__(silent=True)
-        self.lines: list[str] = []
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
 
 
 def _target(name: str = "cpu-ort", **kw: Any) -> TargetConfig:
