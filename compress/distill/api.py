@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
 
-import torch
 from torch import nn
 
 from compress.distill.config import LossesConfig
 from compress.distill.objective import DistillObjective
 
 
-def kd_objective(
-    teacher: nn.Module,
-    losses: LossesConfig,
-    *,
-    student: nn.Module | None = None,
-    example_inputs: torch.Tensor | None = None,
-    steps_per_epoch: int | None = None,
-    yaml_path: str = "losses",
-) -> DistillObjective:
+def kd_objective(teacher: nn.Module, losses: LossesConfig, **options: Any) -> DistillObjective:
     """The ``DistillObjective`` of ``losses``: ``loss_fn(model, x, y)`` for ``compress.train.fit``.
 
     With the default losses this is ``0.9 · KD(T = 4) + 0.1 · CE``. The teacher is kept as a
@@ -29,10 +21,8 @@ def kd_objective(
     Args:
         teacher: The teacher model.
         losses: Terms and weights.
-        student: The student, read for layouts and projection shapes.
-        example_inputs: A real input batch (shape probe).
-        steps_per_epoch: Optimizer steps per epoch (DKD warm-up counted in epochs).
-        yaml_path: Where ``losses`` sits in the YAML, for error messages.
+        **options: ``DistillObjective``'s keywords: ``student``, ``example_inputs``,
+            ``steps_per_epoch``, ``yaml_path``.
 
     Returns:
         The objective (an ``nn.Module``; train its parameters that require grad with the student).
@@ -44,11 +34,4 @@ def kd_objective(
         >>> loss_fn = kd_objective(teacher, LossesConfig())  # doctest: +SKIP
         >>> loss, terms = loss_fn(student, x, y)  # doctest: +SKIP
     """
-    return DistillObjective(
-        teacher,
-        losses,
-        student=student,
-        example_inputs=example_inputs,
-        steps_per_epoch=steps_per_epoch,
-        yaml_path=yaml_path,
-    )
+    return DistillObjective(teacher, losses, **options)

@@ -208,29 +208,38 @@ def _containers(model: nn.Module, suffix: str) -> list[tuple[str, nn.Module]]:
 # --- built-in layouts ------------------------------------------------------------------------------
 
 
+def _stacked(
+    model: nn.Module, suffix: str, per_layer: Callable[[str, nn.Module], LayerTaps | None]
+) -> tuple[str, tuple[LayerTaps, ...]] | None:
+    """``(prefix, layers)`` for the first ``<prefix><suffix>`` stack whose every child ``per_layer``
+    recognises (it gets the child's qualified name and the child, and returns its taps or ``None``)."""
+    for prefix, stack in _containers(model, suffix):
+        children = _indexed_children(stack)
+        if children is None:
+            continue
+        layers = [per_layer(f"{prefix}{suffix}.{i}", child) for i, child in enumerate(children)]
+        if all(lay is not None for lay in layers):
+            return prefix, tuple(layers)  # type: ignore[arg-type]
+    return None
+
+
 @FEATURE_LAYOUTS.register("tiny-vit")
 def _tiny_vit(model: nn.Module) -> FeatureLayout | None:
     """``compress.models.tiny_vit``: ``blocks.i.attn.{q,k,v}`` with ``attn.num_heads``."""
-    for prefix, blocks in _containers(model, "blocks"):
-        children = _indexed_children(blocks)
-        if children is None:
-            continue
-        layers = []
-        for i, blk in enumerate(children):
-            attn = getattr(blk, "attn", None)
-            if attn is None or not all(
-                isinstance(getattr(attn, p, None), nn.Module) for p in ("q", "k", "v")
-            ):
-                break
-            heads = getattr(attn, "num_heads", None)
-            if not isinstance(heads, int):
-                break
-            b = f"{prefix}blocks.{i}"
-            taps = {p: Tap(f"{b}.attn.{p}") for p in ("q", "k", "v")}
-            layers.append(LayerTaps(Tap(b), AttentionTaps(taps, heads, split_separate)))
-        else:
-            return FeatureLayout("tiny-vit", tuple(layers), embedding=Tap(f"{prefix}blocks.0", "input"))
-    return None
+
+    def per_layer(b: str, blk: nn.Module) -> LayerTaps | None:
+        attn = getattr(blk, "attn", None)
+        heads = getattr(attn, "num_heads", None)
+        if not isinstance(heads, int) or not all(isinstance(getattr(attn, p, None), nn.Module) for p in "qkv"):
+            return None
+        taps = {p: Tap(f"{b}.attn.{p}") for p in ("q", "k", "v")}
+        return LayerTaps(Tap(b), AttentionTaps(taps, heads, split_separate))
+
+    found = _stacked(model, "blocks", per_layer)
+    if found is None:
+        return None
+    prefix, layers = found
+    return FeatureLayout("tiny-vit", layers, embedding=Tap(f"{prefix}blocks.0", "input"))
 
 
 def _pad_token_id(model: nn.Module) -> int:
@@ -254,58 +263,50 @@ def _hf_bert(model: nn.Module) -> FeatureLayout | None:
     Heads = query width / ``attention_head_size`` (correct after heads were pruned);
     embedding = output of the ``embeddings`` sibling of ``encoder``; mask from the pad id.
     """
-    for prefix, layer_list in _containers(model, "encoder.layer"):
-        children = _indexed_children(layer_list)
-        if children is None:
-            continue
-        layers = []
-        for i, lay in enumerate(children):
-            sa = getattr(getattr(lay, "attention", None), "self", None)
-            query = getattr(sa, "query", None)
-            head_size = getattr(sa, "attention_head_size", None)
-            if not isinstance(query, nn.Linear) or not isinstance(head_size, int) or head_size <= 0:
-                break
-            base = f"{prefix}encoder.layer.{i}"
-            taps = {
-                "q": Tap(f"{base}.attention.self.query"),
-                "k": Tap(f"{base}.attention.self.key"),
-                "v": Tap(f"{base}.attention.self.value"),
-            }
-            layers.append(LayerTaps(Tap(base), AttentionTaps(taps, query.out_features // head_size)))
-        else:
-            names = {n for n, _ in model.named_modules()}
-            emb = f"{prefix}embeddings"
-            return FeatureLayout(
-                "hf-bert", tuple(layers), embedding=Tap(emb) if emb in names else None, key_mask=_token_mask
-            )
-    return None
+
+    def per_layer(base: str, lay: nn.Module) -> LayerTaps | None:
+        sa = getattr(getattr(lay, "attention", None), "self", None)
+        query = getattr(sa, "query", None)
+        head_size = getattr(sa, "attention_head_size", None)
+        if not isinstance(query, nn.Linear) or not isinstance(head_size, int) or head_size <= 0:
+            return None
+        taps = {
+            "q": Tap(f"{base}.attention.self.query"),
+            "k": Tap(f"{base}.attention.self.key"),
+            "v": Tap(f"{base}.attention.self.value"),
+        }
+        return LayerTaps(Tap(base), AttentionTaps(taps, query.out_features // head_size))
+
+    found = _stacked(model, "encoder.layer", per_layer)
+    if found is None:
+        return None
+    prefix, layers = found
+    emb = f"{prefix}embeddings"
+    has_emb = emb in {n for n, _ in model.named_modules()}
+    return FeatureLayout("hf-bert", layers, embedding=Tap(emb) if has_emb else None, key_mask=_token_mask)
 
 
 @FEATURE_LAYOUTS.register("timm-vit")
 def _timm_vit(model: nn.Module) -> FeatureLayout | None:
     """timm Vision Transformer at any prefix: ``*blocks.<i>.attn.qkv`` (fused), ``attn.num_heads``."""
-    for prefix, blocks in _containers(model, "blocks"):
-        children = _indexed_children(blocks)
-        if children is None:
-            continue
-        layers = []
-        for i, blk in enumerate(children):
-            attn = getattr(blk, "attn", None)
-            qkv = getattr(attn, "qkv", None)
-            heads = getattr(attn, "num_heads", None)
-            if not isinstance(qkv, nn.Linear) or not isinstance(heads, int):
-                break
-            b = f"{prefix}blocks.{i}"
-            taps = {"qkv": Tap(f"{b}.attn.qkv")}
-            for norm in ("q_norm", "k_norm"):
-                if isinstance(getattr(attn, norm, None), nn.Module) and not isinstance(
-                    getattr(attn, norm), nn.Identity
-                ):
-                    taps[norm] = Tap(f"{b}.attn.{norm}")
-            layers.append(LayerTaps(Tap(b), AttentionTaps(taps, heads, split_fused)))
-        else:
-            return FeatureLayout("timm-vit", tuple(layers), embedding=Tap(f"{prefix}blocks.0", "input"))
-    return None
+
+    def per_layer(b: str, blk: nn.Module) -> LayerTaps | None:
+        attn = getattr(blk, "attn", None)
+        heads = getattr(attn, "num_heads", None)
+        if not isinstance(getattr(attn, "qkv", None), nn.Linear) or not isinstance(heads, int):
+            return None
+        taps = {"qkv": Tap(f"{b}.attn.qkv")}
+        for norm in ("q_norm", "k_norm"):
+            mod = getattr(attn, norm, None)
+            if isinstance(mod, nn.Module) and not isinstance(mod, nn.Identity):
+                taps[norm] = Tap(f"{b}.attn.{norm}")
+        return LayerTaps(Tap(b), AttentionTaps(taps, heads, split_fused))
+
+    found = _stacked(model, "blocks", per_layer)
+    if found is None:
+        return None
+    prefix, layers = found
+    return FeatureLayout("timm-vit", layers, embedding=Tap(f"{prefix}blocks.0", "input"))
 
 
 @FEATURE_LAYOUTS.register("resnet")
