@@ -42,7 +42,8 @@ def _dims(m: nn.Module) -> dict[str, Any] | None:
         return {"type": "linear", "in": m.in_features, "out": m.out_features, "bias": m.bias is not None}
     if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return {
-            "type": type(m).__name__.lower(),
+            # the torch base class: a quantized subclass (QuantConv2d) keeps its float structure
+            "type": next(c for c in type(m).__mro__ if c in (nn.Conv1d, nn.Conv2d, nn.Conv3d)).__name__.lower(),
             "in": m.in_channels,
             "out": m.out_channels,
             "groups": m.groups,
@@ -57,6 +58,13 @@ def _dims(m: nn.Module) -> dict[str, Any] | None:
     if isinstance(m, nn.Embedding):
         return {"type": "embedding", "n": m.num_embeddings, "dim": m.embedding_dim}
     return None
+
+
+def _added_by_transform(m: nn.Module) -> bool:
+    """A module of compress's own (a fake quantizer, an exposed-attention part) with no counterpart in a
+    fresh build was inserted by a recorded transform, which ``load_model`` replays before the state
+    dict loads; the structure record leaves it (and its children) out."""
+    return type(m).__module__.startswith("compress.")
 
 
 def _containers(model: nn.Module) -> dict[str, int]:
@@ -77,9 +85,15 @@ def structure_diff(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
     modules: dict[str, Any] = {}
     attrs: dict[str, dict[str, int]] = {}
     params: dict[str, list[int]] = {}
+    added: list[str] = []
     for name, m in model.named_modules():
+        if any(name.startswith(a + ".") for a in added):
+            continue
         r = ref_mods.get(name)
         if r is None:
+            if _added_by_transform(m):
+                added.append(name)
+                continue
             raise ValueError(f"module {name!r} ({type(m).__name__}) has no counterpart in a fresh build")
         d = _dims(m)
         if d is not None and d != _dims(r):

@@ -21,6 +21,9 @@ from compress.quant._fake_quant import (
     QuantLinear as QuantLinear,
 )
 from compress.quant._fake_quant import (
+    QuantConv2d as QuantConv2d,
+)
+from compress.quant._fake_quant import (
     QuantMatMul as QuantMatMul,
 )
 from compress.quant._fake_quant import (
@@ -30,6 +33,8 @@ from compress.quant._fake_quant import (
     lsq_fake_quant as lsq_fake_quant,
 )
 from compress.quant._onnx import onnx_export_mode as onnx_export_mode
+from compress.quant.bn_fold import batchnorm_pairs as batchnorm_pairs
+from compress.quant.bn_fold import fold_batchnorm as fold_batchnorm
 from compress.quant._ternary import (
     TernaryWeightQuantizer as TernaryWeightQuantizer,
 )

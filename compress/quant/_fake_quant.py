@@ -336,6 +336,44 @@ class QuantLinear(nn.Linear):
         )
 
 
+class QuantConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with a per-output-channel weight quantizer and a per-tensor input quantizer.
+
+    Subclasses ``nn.Conv2d`` (``weight``/``bias`` keep their keys), like ``QuantLinear``. With
+    BatchNorm folded first (``compress.quant.fold_batchnorm``) the quantized weights are the ones a
+    deployed convolution uses.
+    """
+
+    def __init__(self, conv: nn.Conv2d, *, cfg: QuantConfig) -> None:
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,  # type: ignore[arg-type]
+            stride=conv.stride,  # type: ignore[arg-type]
+            padding=conv.padding,  # type: ignore[arg-type]
+            dilation=conv.dilation,  # type: ignore[arg-type]
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device="meta",
+        )
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.weight_quantizer = _weight_quantizer(cfg.weights, conv.out_channels)
+        self.input_quantizer = _act_quantizer(cfg.activations, cfg.calibration)
+        for fq in (self.weight_quantizer, self.input_quantizer):
+            fq.to(conv.weight.device)
+        self.train(conv.training)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, cfg: QuantConfig) -> QuantConv2d:
+        """A ``QuantConv2d`` sharing ``conv``'s parameters (no copy)."""
+        return cls(conv, cfg=cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+
+
 class QuantMatMul(MatMul):
     """``a @ b`` with a per-tensor quantizer on each input (attention Q·Kᵀ and probs·V)."""
 

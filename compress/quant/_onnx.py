@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from compress.quant._fake_quant import FakeQuantizer, QuantLinear, QuantMatMul
+from compress.quant._fake_quant import FakeQuantizer, QuantConv2d, QuantLinear, QuantMatMul
 
 ActivationDtype = Literal["int8", "uint8"]
 
@@ -125,7 +125,7 @@ def onnx_export_mode(model: nn.Module, *, activation_dtype: ActivationDtype = "i
     touched: list[FakeQuantizer] = []
     try:
         for name, m in model.named_modules():
-            if isinstance(m, QuantLinear):
+            if isinstance(m, QuantLinear | QuantConv2d):
                 pairs = [(m.weight_quantizer, m.weight), (m.input_quantizer, None)]
             elif isinstance(m, QuantMatMul):
                 pairs = [(m.a_quantizer, None), (m.b_quantizer, None)]

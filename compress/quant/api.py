@@ -27,9 +27,11 @@ from torch import nn
 
 from compress._utils.registry import Registry
 from compress.models import record_transform, register_transform
+from compress.models.hf_attention import expose_attention
 from compress.models.layers import MatMul
 from compress.quant import _ternary as _ternary  # registers weights.scheme 'twn'
-from compress.quant._fake_quant import FakeQuantizer, QuantLinear, QuantMatMul
+from compress.quant.bn_fold import fold_batchnorm
+from compress.quant._fake_quant import FakeQuantizer, QuantConv2d, QuantLinear, QuantMatMul
 from compress.quant.config import QuantConfig
 
 
@@ -72,7 +74,12 @@ register_quant_module(
     QuantModuleRule(MatMul, QuantMatMul.from_float, lambda cfg: cfg.quantize_attention_matmuls),  # type: ignore[arg-type]
 )
 
-QUANT_MODULE_TYPES = (QuantLinear, QuantMatMul)
+register_quant_module(
+    "conv2d",
+    QuantModuleRule(nn.Conv2d, QuantConv2d.from_float, lambda cfg: cfg.quantize_convolutions),  # type: ignore[arg-type]
+)
+
+QUANT_MODULE_TYPES = (QuantLinear, QuantConv2d, QuantMatMul)
 
 
 def quantizers(model: nn.Module) -> Iterator[tuple[str, FakeQuantizer]]:
@@ -98,7 +105,8 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
     Every module whose exact type has an active ``QUANT_MODULES`` rule is
     replaced: ``nn.Linear`` by ``QuantLinear`` (parameters shared, state-dict
     keys kept) and, with ``quantize_attention_matmuls``, ``MatMul`` by
-    ``QuantMatMul``. Each module gets ``cfg.for_module(name)``: the first
+    ``QuantMatMul`` (a Hugging Face BERT-family model first gets its attention
+    exposed as modules: ``compress.models.hf_attention``). Each module gets ``cfg.for_module(name)``: the first
     override whose pattern equals its qualified name, else the first whose
     glob matches, else the defaults; an override with ``quantize: false``
     leaves the module in floating point. The transform is recorded as ``qat`` so ``load_model``
@@ -126,6 +134,10 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
         raise ValueError(
             f"{type(model).__name__} is already quantized (prepare_qat ran before); prepare it once"
         )
+    if cfg.fold_batchnorm:
+        fold_batchnorm(model)  # CNNs: conv + BN -> conv (no-op without such pairs)
+    if cfg.quantize_attention_matmuls:
+        expose_attention(model)  # HF BERT family: Q·Kᵀ and probs·V become MatMul modules (no-op otherwise)
     rules = [rule for _, rule in QUANT_MODULES.items() if rule.applies(cfg)]
     by_type = {rule.source: rule for rule in rules}
     targets = [

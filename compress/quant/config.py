@@ -163,6 +163,14 @@ class QuantConfig(CompressConfig):
     quantize_attention_matmuls: bool = Field(
         True, description="Also quantize both inputs of the attention matmuls (Q·Kᵀ and probs·V)."
     )
+    quantize_convolutions: bool = Field(
+        True, description="Quantize Conv2d layers (weights per output channel, inputs per tensor)."
+    )
+    fold_batchnorm: bool = Field(
+        True,
+        description="Fold every BatchNorm that directly follows a convolution into it before QAT "
+        "(the deployed convolution's weights are then the ones quantized); CNNs only.",
+    )
     overrides: list[QuantOverrideConfig] = Field(
         default_factory=list,
         description="Per-layer settings: exact name first, then the first matching glob, then the defaults.",

@@ -64,7 +64,9 @@ from compress._utils.io import atomic_torch_save, sha256_json
 from compress._utils.progress import SILENT, Reporter
 from compress._utils.registry import Registry
 from compress.data.base import TaskData
-from compress.distill.features import Tap, capture_features, first_tensor
+from compress.models.hf_attention import expose_attention
+from compress.distill.features import Side, Tap, capture_features, first_tensor
+from compress.distill.layouts import find_layout
 from compress.distill.losses import soft_cross_entropy
 from compress.quant.config import InterventionLossesConfig, InterventionMode, TeacherInterventionConfig
 from compress.train.config import TrainConfig
@@ -97,8 +99,11 @@ class AttentionLayout:
         o: Output projection: its input is the merged per-head context, its output AO.
         scores: Module whose output is the pre-softmax scores (the Q·Kᵀ matmul, already scaled).
         probs: Module whose output is the attention probabilities (the softmax).
-        after_attention: Module whose input is the residual stream right after the
-            attention sub-layer (pre-LN: ``ln2``, input ``x + attn(ln1(x))``).
+        after_attention: Module whose input (``after_attention_side: input``) or output
+            (``output``) is the attention sub-layer's output: pre-LN, the residual stream
+            right after attention (``ln2``'s input, ``x + attn(ln1(x))``); post-LN (BERT),
+            ``LN(AO + x)`` (the sub-layer LayerNorm's output), as in the paper.
+        after_attention_side: Which side of ``after_attention`` is read.
     """
 
     block: str
@@ -109,6 +114,7 @@ class AttentionLayout:
     scores: str
     probs: str
     after_attention: str
+    after_attention_side: Side = "input"
 
 
 ATTENTION_LAYOUTS: Registry[Callable[[nn.Module], list[AttentionLayout] | None]] = Registry(
@@ -149,6 +155,44 @@ def _tiny_vit_layout(model: nn.Module) -> list[AttentionLayout] | None:
     return out
 
 
+@ATTENTION_LAYOUTS.register("hf-bert")
+def _hf_bert_layout(model: nn.Module) -> list[AttentionLayout] | None:
+    """Hugging Face BERT family with exposed attention (``compress.models.hf_attention``), any prefix.
+
+    Per layer ``L = *encoder.layer.<i>``: ``L.attention.self.{query,key,value}``, the output
+    projection ``L.attention.output.dense`` (its input is the merged context, its output AO before
+    dropout, residual and LayerNorm), scores = ``L.attention.self.score_mask`` (scaled Q·Kᵀ plus
+    the additive padding mask), probabilities = ``L.attention.self.softmax``, and the sub-layer
+    output ``LN(AO + x)`` = the output of ``L.attention.output.LayerNorm`` (post-LN, the paper's).
+    ``None`` when the model is not BERT-like or its attention is not exposed.
+    """
+    layout = find_layout(model)
+    if layout is None or layout.name != "hf-bert":
+        return None
+    mods = dict(model.named_modules())
+    out = []
+    for lay in layout.layers:
+        b = lay.hidden.module
+        sa, ao = f"{b}.attention.self", f"{b}.attention.output"
+        needed = (f"{sa}.qk", f"{sa}.score_mask", f"{sa}.softmax", f"{ao}.dense", f"{ao}.LayerNorm")
+        if not all(n in mods for n in needed):
+            return None
+        out.append(
+            AttentionLayout(
+                block=b,
+                q=f"{sa}.query",
+                k=f"{sa}.key",
+                v=f"{sa}.value",
+                o=f"{ao}.dense",
+                scores=f"{sa}.score_mask",
+                probs=f"{sa}.softmax",
+                after_attention=f"{ao}.LayerNorm",
+                after_attention_side="output",
+            )
+        )
+    return out
+
+
 def find_attention_layout(model: nn.Module) -> list[AttentionLayout] | None:
     """The attention layout from the first registered finder that recognises ``model``, else ``None``."""
     for _, finder in ATTENTION_LAYOUTS.items():
@@ -159,16 +203,28 @@ def find_attention_layout(model: nn.Module) -> list[AttentionLayout] | None:
 
 
 def block_names(model: nn.Module) -> list[str]:
-    """``["blocks.0", ...]``: the blocks whose inputs/outputs are the hidden states.
+    """The blocks whose inputs/outputs are the hidden states, in forward order.
+
+    From the attention layout when there is one (``blocks.<i>`` of tiny-vit,
+    ``*encoder.layer.<i>`` of BERT), else from the model's feature layout
+    (``compress.distill.layouts``: e.g. a ResNet's ``layer1..layer4``, whose first
+    input is the stem's output), else ``model.blocks``.
 
     Raises:
-        ValueError: ``model`` has no non-empty ``blocks`` ``nn.ModuleList``.
+        ValueError: None of these finds the model's layers.
     """
+    layout = find_attention_layout(model)
+    if layout is not None:
+        return [lay.block for lay in layout]
+    features = find_layout(model)
+    if features is not None and features.layers:
+        return [lay.hidden.module for lay in features.layers]
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
         raise ValueError(
-            f"{type(model).__name__} has no 'blocks' ModuleList; Teacher Intervention needs the model's "
-            "layers in model.blocks (hidden states are their inputs and outputs)"
+            f"{type(model).__name__} has no known layer stack (no registered feature layout and no "
+            "'blocks' ModuleList); Teacher Intervention needs the model's layers (hidden states are their "
+            "inputs and outputs): register a feature layout (docs/distillation.md)"
         )
     return [f"blocks.{i}" for i in range(len(blocks))]
 
@@ -252,7 +308,7 @@ def _teacher_taps(blocks: list[str], layout: list[AttentionLayout] | None) -> di
     taps.update({f"h{i + 1}": Tap(b, "output") for i, b in enumerate(blocks)})
     for i, lay in enumerate(layout or []):
         taps[f"scores{i}"] = Tap(lay.scores, "output")
-        taps[f"after_attention{i}"] = Tap(lay.after_attention, "input")
+        taps[f"after_attention{i}"] = Tap(lay.after_attention, lay.after_attention_side)
         taps[f"probs{i}"] = Tap(lay.probs, "output")
         taps[f"context{i}"] = Tap(lay.o, "input")
         taps[f"ao{i}"] = Tap(lay.o, "output")
@@ -381,6 +437,7 @@ class InterventionObjective:
         extra: LossFn | None = None,
         mode: StepMode = "none",
     ) -> None:
+        expose_attention(teacher)  # BERT family: attention signals as modules (no-op otherwise)
         self.teacher = teacher.eval()
         self.losses = losses
         self.extra = extra
@@ -600,6 +657,7 @@ def train_with_intervention(
     n = train.epochs * spe if total_steps is None else total_steps
     s = ti.step1_steps(n)
     schedule = intervention_schedule(ti.mode, s, n)
+    expose_attention(student)  # the TI teacher is exposed by the objective; both must match
     objective = InterventionObjective(teacher, ti.losses, extra=extra_loss)
     if ti.mode not in ("none", "block_input") and objective.layout is None:
         raise ValueError(

@@ -56,6 +56,7 @@ from compress.quant.config import TeacherInterventionConfig
 from compress.quant.intervention import train_with_intervention
 from compress.stages.base import Stage, StageConfig, StageContext, StageResult, register_stage
 from compress.train import TrainConfig, evaluate
+from compress.train.loop import steps_per_epoch
 
 
 class QATTrainConfig(TrainConfig):
@@ -144,7 +145,8 @@ class QATStage(Stage):
         val_calibrated = evaluate(model, ctx.data, "val", batch_size=eval_bs)["accuracy"]
         ti_metrics: dict[str, Any] = {}
         if cfg.teacher_intervention is None:
-            res = ctx.fit(model, kd_objective(teacher, cfg.losses), cfg.train, label="qat")
+            objective = self._kd(ctx, cfg, teacher, model)
+            res = ctx.fit(model, objective, cfg.train, label="qat", before_step=objective.set_step)
             history, steps = res.history, res.steps
         else:
             history, steps, ti_metrics = self._run_ti(ctx, cfg, model, teacher)
@@ -172,6 +174,18 @@ class QATStage(Stage):
         }
         return StageResult(model=model, metrics=metrics)
 
+    @staticmethod
+    def _kd(ctx: StageContext, cfg: QATStageConfig, teacher: Any, model: Any) -> Any:
+        """The stage's ``losses`` as an objective for the quantized ``model`` (feature terms included)."""
+        return kd_objective(
+            teacher,
+            cfg.losses,
+            student=model,
+            example_inputs=ctx.example_inputs(2),
+            steps_per_epoch=steps_per_epoch(ctx.data, cfg.train, batch_size=ctx.batch_size),
+            yaml_path=f"{ctx.yaml_path}.losses",
+        )
+
     def _run_ti(
         self, ctx: StageContext, cfg: QATStageConfig, model: Any, kd_teacher: Any
     ) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
@@ -185,7 +199,7 @@ class QATStage(Stage):
         ti = cfg.teacher_intervention
         assert ti is not None  # the caller checked
         ti_teacher = copy.deepcopy(ctx.model).eval()
-        extra = kd_objective(kd_teacher, cfg.losses) if cfg.teacher == "original" else None
+        extra = self._kd(ctx, cfg, kd_teacher, model) if cfg.teacher == "original" else None
         try:
             res = train_with_intervention(
                 model,

@@ -100,9 +100,9 @@ def test_kd_teacher_choice(tmp_path, data, monkeypatch, choice, expected):
     seen: dict[str, Any] = {}
     real = qat_module.kd_objective
 
-    def spy(teacher, losses):
+    def spy(teacher, losses, **options):
         seen["teacher"] = teacher
-        return real(teacher, losses)
+        return real(teacher, losses, **options)
 
     monkeypatch.setattr(qat_module, "kd_objective", spy)
     model, teacher = tiny_vit(seed=1).eval(), tiny_vit(seed=2).eval()
@@ -121,3 +121,20 @@ def test_refuses_an_already_quantized_model(tmp_path, data):
     with pytest.raises(Exception, match="already has fake quantizers") as exc:
         QATStage().run(_ctx(tmp_path, data, first.model), QATStageConfig())
     assert "stages[1].qat" in str(exc.value)
+
+
+def test_feature_loss_terms_train_the_quantized_student(tmp_path, data):
+    """Hidden-state and attention terms read the quantized student's features (learned projections too)."""
+    fp = tiny_vit().eval()
+    ctx = _ctx(tmp_path, data, fp, teacher=tiny_vit(depth=4, seed=1).eval())
+    cfg = QATStageConfig.model_validate(
+        {
+            "teacher": "original",
+            "train": {"epochs": 1, "batch_size": 128},
+            "losses": {"hidden": {"weight": 1.0}, "attention_scores": {"weight": 0.1}},
+        }
+    )
+    res = QATStage().run(ctx, cfg)
+    row = res.metrics["history"][0]
+    assert row["hidden"] > 0 and row["attention_scores"] > 0
+    assert is_quantized(res.model)
