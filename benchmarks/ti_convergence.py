@@ -1,9 +1,13 @@
-"""Convergence of QAT with Teacher Intervention vs the KD-QAT baseline at equal budgets (tiny-vit on digits).
+"""Convergence of QAT with Teacher Intervention vs the KD-QAT baseline at equal budgets.
 
 Reproduces the measurement behind the TI paper's claim (Kim et al., EACL 2023:
 about 12.5x faster convergence of ternary QAT on CoLA) on the built-in
-setting: a full-precision tiny-vit teacher is trained on digits, then each
-method quantizes a copy of it for the same number N of optimizer steps:
+setting: a full-precision model is trained (``--task digits``: a tiny-vit on
+scikit-learn's digits; ``wordnet-minilm``: the pretrained all-MiniLM-L6-v2
+fine-tuned on the 45 WordNet supersenses; ``fashion-resnet``: ResNet-18 on
+Fashion-MNIST, which has no attention, so only ``block_input``, our
+extension, applies), then each method quantizes a copy of it for the same
+number N of optimizer steps:
 
 * ``kd_qat``: TernaryBERT-style KD-QAT, the TI loss (soft CE on logits +
   hidden-state + attention-score + attention-output MSE), no intervention;
@@ -22,6 +26,7 @@ Usage::
 
     python benchmarks/ti_convergence.py --quick --out /tmp/ti-quick          # CPU, a few minutes
     python benchmarks/ti_convergence.py --device cuda --steps 800 --out DIR    # full setting
+    python benchmarks/ti_convergence.py --task wordnet-minilm --device cuda --precisions w2a8 --out DIR
 
 Writes ``results.json``, ``results.md`` and (with matplotlib) ``ti_convergence.png``
 to ``--out`` and prints the tables.
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import io
+import json
 import math
 import statistics
 import sys
@@ -62,15 +68,34 @@ from compress.quant import (
 from compress.train import TrainConfig, evaluate, fit
 from compress.train.loop import steps_per_epoch
 
-ENDS_8BIT = [{"pattern": "patch_embed", "weights": {"bits": 8}}, {"pattern": "head", "weights": {"bits": 8}}]
-
-PRECISIONS: dict[str, dict[str, Any]] = {
-    "w2a8": {"weights": {"scheme": "twn"}, "activations": {"bits": 8}, "overrides": ENDS_8BIT},
-    "w4a8": {"weights": {"bits": 4}, "activations": {"bits": 8}, "overrides": ENDS_8BIT},
-    "w8a8": {"weights": {"bits": 8}, "activations": {"bits": 8}, "overrides": ENDS_8BIT},
+ENDS: dict[str, list[str]] = {
+    # the layers kept at 8-bit weights in every precision (first and last, as TernaryBERT keeps the classifier)
+    "digits": ["patch_embed", "head"],
+    "wordnet-minilm": ["*pooler*", "*classifier*"],
+    "fashion-resnet": ["net.conv1", "net.fc"],
 }
 
-METHODS: dict[str, str] = {"kd_qat": "none", "ti_o": "output", "ti_m": "map", "ti_g": "gradual"}
+
+def precisions(task: str) -> dict[str, dict[str, Any]]:
+    """The three weight precisions, with the task's first/last layers kept at 8 bits."""
+    ends = [{"pattern": p, "weights": {"bits": 8}} for p in ENDS[task]]
+    return {
+        "w2a8": {"weights": {"scheme": "twn"}, "activations": {"bits": 8}, "overrides": ends},
+        "w4a8": {"weights": {"bits": 4}, "activations": {"bits": 8}, "overrides": ends},
+        "w8a8": {"weights": {"bits": 8}, "activations": {"bits": 8}, "overrides": ends},
+    }
+
+
+PRECISIONS = precisions("digits")
+
+METHODS: dict[str, str] = {
+    "kd_qat": "none",
+    "ti_o": "output",
+    "ti_m": "map",
+    "ti_g": "gradual",
+    "ti_block": "block_input",
+}
+DEFAULT_METHODS = ["kd_qat", "ti_o", "ti_m", "ti_g"]
 BASELINE = "kd_qat"
 
 
@@ -78,6 +103,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
+    p.add_argument(
+        "--task", choices=["digits", "wordnet-minilm", "fashion-resnet"], default="digits", help="Model and data."
+    )
+    p.add_argument("--data-root", default=None, help="Data files folder of the real tasks (default: Debian's).")
+    p.add_argument("--real-teacher-epochs", type=int, default=None, help="Fine-tuning epochs of a real teacher.")
+    p.add_argument("--summarise-only", action="store_true", help="Only summarise the runs kept in --out/results.")
+    p.add_argument("--work", type=Path, default=None, help="Pipeline run folder of a real teacher (default --out/work).")
+    p.add_argument("--quant-batches", type=int, default=4, help="Calibration batches (default 4).")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="Where to train (default cpu).")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="QAT seeds (default 0 1 2).")
     p.add_argument("--steps", type=int, default=None, help="QAT budget N in optimizer steps (default 400).")
@@ -86,7 +119,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="QAT batch size (default 32).")
     p.add_argument("--lr", type=float, default=5e-4, help="QAT peak learning rate (default 5e-4).")
     p.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None, help="Default: KD-QAT and TI-O/M/G "
+                   "(fashion-resnet: KD-QAT and block_input).")
     p.add_argument("--teacher-epochs", type=int, default=20, help="FP teacher training epochs (default 20).")
     p.add_argument("--depth", type=int, default=4, help="Teacher blocks (default 4).")
     p.add_argument("--dim", type=int, default=64, help="Teacher width (default 64; 4 heads, MLP 2x).")
@@ -103,12 +137,63 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         a.steps = a.steps or 160
         a.seeds = a.seeds if seeds_given else a.seeds[:2]
         a.eval_every = a.eval_every or 10
+    if a.methods is None:
+        a.methods = ["kd_qat", "ti_block"] if a.task == "fashion-resnet" else list(DEFAULT_METHODS)
+    if a.quick and a.task != "digits":
+        a.steps = a.steps or 40
+        a.eval_every = a.eval_every or 10
     a.steps = a.steps or 400
     a.step1 = a.step1 if a.step1 is not None else max(1, round(a.steps / 8))
     a.eval_every = a.eval_every or max(1, a.steps // 20)
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: CUDA is not available here (torch.cuda.is_available() is False)")
     return a
+
+
+def _real_task(args: argparse.Namespace) -> tuple[torch.nn.Module, TaskData]:
+    """Fine-tune the real teacher with the pipeline runner (as ``distill_real.py``), then load it and the data."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import distill_real  # noqa: PLC0415 -- the sibling benchmark's task definitions and runner
+
+    from compress.config import load_config
+    from compress.data.base import load_or_make_splits
+    from compress.models import load_model
+
+    spec = copy.deepcopy(distill_real.TASKS[args.task])
+    data_cfg = dict(spec["data"])
+    if args.data_root:
+        data_cfg["root"] = args.data_root
+    teacher_train = dict(spec["teacher_train"])
+    if args.real_teacher_epochs:
+        teacher_train["epochs"] = args.real_teacher_epochs
+    if args.quick:
+        data_cfg["subset"] = 900
+        data_cfg["batch_size"] = 32
+        teacher_train["epochs"] = 1
+        if "max_length" in data_cfg:
+            data_cfg["max_length"] = 24
+    work = args.work or args.out / "work"
+    doc = {
+        "name": f"ti-{args.task}-teacher",
+        "seed": 0,
+        "teacher": spec["teacher"],
+        "data": data_cfg,
+        "stages": [{"finetune": {"train": teacher_train}}],
+    }
+    manifest, _ = distill_real._run(doc, work)
+    stage = manifest["stages"][0]
+    teacher = load_model(work / "run" / "stages" / stage["id"] / "teacher.pt")
+    loaded = load_config(work / "pipeline.yaml")
+    env = loaded.data_env(cache_dir=work / "run" / "data" / "cache")
+    data = SOURCES.get(loaded.config.data.source)(loaded.config.data, env)
+    load_or_make_splits(  # the run's own splits file: the same split the teacher was fine-tuned on
+        data,
+        work / "run" / "data" / "splits.json",
+        val_fraction=loaded.config.data.val_fraction,
+        test_fraction=loaded.config.data.test_fraction,
+        seed=0,
+    )
+    return teacher.to(args.device).eval(), data
 
 
 def _data(device: str) -> TaskData:
@@ -138,9 +223,12 @@ def _one_run(
     teacher: torch.nn.Module, data: TaskData, precision: str, method: str, seed: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
-    student = prepare_qat(copy.deepcopy(teacher), QuantConfig.model_validate(PRECISIONS[precision]))
+    student = prepare_qat(copy.deepcopy(teacher), QuantConfig.model_validate(precisions(args.task)[precision]))
     calib = [
-        x for _, (x, _) in zip(range(4), data.batches("train", 64, shuffle=True, seed=seed), strict=False)
+        x.to(args.device)
+        for _, (x, _) in zip(
+            range(args.quant_batches), data.batches("train", 64, shuffle=True, seed=seed), strict=False
+        )
     ]
     calibrate_(student, lambda m: [m(x) for x in calib])
     acc0 = evaluate(student, data, "val")["accuracy"]
@@ -167,20 +255,23 @@ def _one_run(
         ti,
         batch_size=args.batch_size,
         seed=seed,
-        eval_fn=lambda m: {"accuracy": evaluate(m, data, "val")["accuracy"]},
+        eval_fn=lambda m: {"accuracy": evaluate(m, data, "val", batch_size=1024)["accuracy"]},
         total_steps=args.steps,
     )
     seconds = time.perf_counter() - t0
     student.eval()
-    x_val = data.tensors("val")[0]
+    x_val = data.tensors("val")[0][:512].to(args.device)
+    student.to(args.device)
+    teacher.to(args.device)
+    layer_mse = block_output_mse(student, teacher, x_val)
     return {
         "precision": precision,
         "method": method,
         "seed": seed,
         "curve": [(0, acc0)] + [(int(r["step"]), float(r["val_accuracy"])) for r in res.step_evals],
-        "final_val": evaluate(student, data, "val")["accuracy"],
-        "final_test": evaluate(student, data, "test")["accuracy"],
-        "layer_mse": block_output_mse(student, teacher, x_val),
+        "final_val": evaluate(student, data, "val", batch_size=1024)["accuracy"],
+        "final_test": evaluate(student, data, "test", batch_size=1024)["accuracy"],
+        "layer_mse": layer_mse,
         "schedule": res.metrics()["ti_schedule"],
         "seconds": round(seconds, 2),
     }
@@ -226,13 +317,13 @@ def _summarise(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
 
 def _markdown(summary: dict[str, Any], args: argparse.Namespace, command: str) -> str:
     lines = [
-        f"# Teacher Intervention convergence: tiny-vit ({args.depth}x{args.dim}) on digits",
+        f"# Teacher Intervention convergence: {_title(args)}",
         "",
         f"Command: `{command}`",
         "",
         f"N = {args.steps} optimizer steps per method (batch {args.batch_size}, lr {args.lr}, linear decay, "
         f"warm-up 0.1 per step), TI step 1 s = {args.step1}, eval every {args.eval_every} steps on val "
-        f"(270 images), seeds {args.seeds}, device {args.device}. 'reach' = first eval step at which the "
+        f"({args.val_size} examples), seeds {args.seeds}, device {args.device}. 'reach' = first eval step at which the "
         "mean-over-seeds val curve reaches the KD-QAT baseline's final mean val accuracy; "
         "speed-up = baseline reach / method reach.",
         "",
@@ -274,6 +365,14 @@ def _markdown(summary: dict[str, Any], args: argparse.Namespace, command: str) -
     return "\n".join(lines) + "\n"
 
 
+def _title(args: argparse.Namespace) -> str:
+    return {
+        "digits": f"tiny-vit ({args.depth}x{args.dim}) on digits",
+        "wordnet-minilm": "all-MiniLM-L6-v2 (6 layers, fine-tuned) on WordNet supersenses (45 classes)",
+        "fashion-resnet": "ResNet-18 (3x3 stem) on Fashion-MNIST (block-input intervention, our extension)",
+    }[args.task]
+
+
 def _plot(summary: dict[str, Any], args: argparse.Namespace) -> bytes | None:
     try:
         import matplotlib
@@ -307,19 +406,42 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/ti_convergence.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    data = _data(args.device)
     t0 = time.perf_counter()
-    teacher = _teacher(data, args)
-    fp = {s: evaluate(teacher, data, s)["accuracy"] for s in ("val", "test")}
+    if args.summarise_only:
+        data, teacher, fp = None, None, json.loads((args.out / "fp.json").read_text())
+    elif args.task == "digits":
+        data = _data(args.device)
+        teacher = _teacher(data, args)
+    else:
+        teacher, data = _real_task(args)
+    if not args.summarise_only:
+        fp = {s: evaluate(teacher, data, s, batch_size=1024)["accuracy"] for s in ("val", "test")}
+        fp["val_size"] = len(data.splits["val"])
+        atomic_write_json(args.out / "fp.json", fp)
+    args.val_size = fp["val_size"]
     print(
         f"FP teacher: val {fp['val']:.4f}, test {fp['test']:.4f} ({time.perf_counter() - t0:.1f} s)",
         file=sys.stderr,
     )
     runs = []
+    # every finished run is kept in <out>/results/ (keyed by its settings), so a long benchmark can be
+    # split over several invocations (e.g. one seed per device call) and the last one summarises all
+    setting = {k: str(getattr(args, k)) for k in ("task", "steps", "step1", "eval_every", "batch_size", "lr",
+                                                   "teacher_epochs", "real_teacher_epochs", "quant_batches",
+                                                   "depth", "dim")}
     for prec in args.precisions:
         for seed in args.seeds:
             for method in args.methods:
+                key = sha256_json({**setting, "precision": prec, "method": method, "seed": seed})[:12]
+                cached = args.out / "results" / f"{prec}-{method}-seed{seed}-{key}.json"
+                if cached.is_file():
+                    runs.append(json.loads(cached.read_text()))
+                    continue
+                if args.summarise_only:
+                    print(f"{prec} {method} seed {seed}: no finished run; left out", file=sys.stderr)
+                    continue
                 r = _one_run(teacher, data, prec, method, seed, args)
+                atomic_write_json(cached, r)
                 runs.append(r)
                 print(
                     f"{prec} {method:7s} seed {seed}: val {r['final_val']:.4f} test {r['final_test']:.4f} "
@@ -331,7 +453,17 @@ def main(argv: list[str] | None = None) -> int:
     md = md.replace("\n\n", f"\n\nFP teacher: val {fp['val']:.4f}, test {fp['test']:.4f}.\n\n", 1)
     png = _plot(summary, args)
     md += "\nPlot: ti_convergence.png\n" if png else "\nPlot: skipped (matplotlib is not installed).\n"
-    report = {"args": {k: str(v) for k, v in vars(args).items()}, "fp": fp, "runs": runs, "summary": summary}
+    import platform
+
+    device = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or "cpu")
+    md = md.replace("\n\n", f"\n\nDevice: {device}, torch {torch.__version__}.\n\n", 1)
+    report = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "device": device,
+        "fp": fp,
+        "runs": runs,
+        "summary": summary,
+    }
     atomic_write_json(args.out / "results.json", report)
     atomic_write_text(args.out / "results.md", md)
     if png:
