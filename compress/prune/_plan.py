@@ -11,12 +11,16 @@ aims at the same final shape):
   lowest-scored heads (neurons) across all units go, except that no unit drops
   below its minimum.
 
-Units are priced exactly (``Unit.cost``, MACs per head or neuron), so a plan's
-MACs are known without pruning anything. The MAC fraction removed is monotone
+Plans are priced exactly (``Layout.price``: every layer's MACs and parameters
+scale with the kept fractions of the units on its input and output), so a
+plan's MACs or parameters are known without pruning anything. The width knob
+``f`` drives FFN neurons and CNN channels alike. The MAC fraction removed is monotone
 but stepped in the knobs (whole heads are coarse), so ``Planner.search`` tries
 every head level, bisects the FFN knob for each, and among the plans within
 the acceptance window picks the most balanced one (head and FFN fractions
-closest), otherwise the closest to the target. ``prune_`` first searches the
+closest), otherwise the closest to the target; with uniform ranking, when no
+knob pair lands on the final target, single width units give up one more
+``round_to`` chunk each from the nearest plan below it (``Planner._refine``). ``prune_`` first searches the
 final plan, then caps every earlier step's knobs at the final ones.
 """
 
@@ -36,7 +40,7 @@ class Candidate:
     Attributes:
         plan: Unit name -> heads or neurons to remove in this step.
         macs: Predicted MACs per example after the step.
-        removed: Predicted fraction of the original MACs removed.
+        removed: Predicted fraction of the original target metric (MACs or parameters) removed.
         head_ratio: Fraction of the original heads removed after the step.
         ffn_ratio: Fraction of the original FFN neurons removed after the step.
         knobs: The ``(head, ffn)`` knobs that produced the plan.
@@ -48,6 +52,7 @@ class Candidate:
     head_ratio: float
     ffn_ratio: float
     knobs: tuple[float, float]
+    params: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -65,11 +70,12 @@ class Planner:
     Args:
         layout: Units of the model now (with scores when ``global_ranking``).
         original: Unit name -> size before the first step.
-        macs0: MACs per example before the first step.
+        macs0: The target metric (MACs per example, or parameters) before the first step.
         round_to: FFN widths stay multiples of this.
         global_ranking: Rank across units by ``Unit.scores`` instead of the same ratio per unit.
         heads: Head pruning enabled.
-        ffn: FFN pruning enabled.
+        ffn: FFN (and CNN channel) pruning enabled.
+        metric: What ``macs0`` and ``Candidate.removed`` measure: ``macs`` or ``params``.
     """
 
     def __init__(
@@ -82,10 +88,12 @@ class Planner:
         global_ranking: bool,
         heads: bool,
         ffn: bool,
+        metric: str = "macs",
     ) -> None:
         self.layout = layout
         self.original = original
         self.macs0 = macs0
+        self.metric = metric
         self.round_to = round_to
         self.global_ranking = global_ranking
         self.heads = heads and bool(layout.of_kind("heads"))
@@ -146,17 +154,48 @@ class Planner:
 
     def candidate(self, head_ratio: float, ffn_ratio: float) -> Candidate:
         """The plan for the knobs, priced."""
-        plan = self.plan(head_ratio, ffn_ratio)
+        return self._priced(self.plan(head_ratio, ffn_ratio), (head_ratio, ffn_ratio))
+
+    def _priced(self, plan: dict[str, int], knobs: tuple[float, float]) -> Candidate:
         units = {u.name: u for u in self.layout.units}
-        macs = self.layout.macs - sum(units[n].cost * c for n, c in plan.items())
+        macs = self.layout.price(plan, "macs")
+        params = self.layout.price(plan, "params")
+        value = macs if self.metric == "macs" else params
         fractions = []
         for kind in ("heads", "ffn"):
             total = self._orig_total(kind)
             left = sum(units[n].size - plan.get(n, 0) for n in units if units[n].kind == kind)
             fractions.append(1.0 - left / total if total else 0.0)
-        return Candidate(
-            plan, macs, 1.0 - macs / self.macs0, fractions[0], fractions[1], (head_ratio, ffn_ratio)
-        )
+        return Candidate(plan, macs, 1.0 - value / self.macs0, fractions[0], fractions[1], knobs, params)
+
+    def _refine(self, start: Candidate, target: float, accept_tol: float) -> Candidate | None:
+        """From ``start`` (below the target), remove one ``round_to`` chunk more at a time from single width
+        units, each time the chunk that lands closest to the target without passing it by more than
+        ``accept_tol``, until on target. Uniform width knobs move every unit at once, which with
+        ``round_to`` on CNN channel groups can step over the target; this fills the gap, keeping
+        the widths as even as the chunks allow (the widest unit relative to its original goes first on ties).
+        """
+        chunk = self.round_to or 1
+        plan = dict(start.plan)
+        units = self.layout.of_kind("width")
+        best = start
+        for _ in range(sum(u.size for u in units) // chunk + 1):
+            if abs(best.removed - target) <= accept_tol:
+                return best
+            options = []
+            for u in units:
+                c = plan.get(u.name, 0) + chunk
+                if u.size - c < u.min_size:
+                    continue
+                trial = self._priced({**plan, u.name: c}, start.knobs)
+                if trial.removed <= target + accept_tol:
+                    kept = (u.size - c) / self.original.get(u.name, u.size)
+                    options.append((-trial.removed, -kept, u.name, trial))
+            if not options:
+                return None
+            *_, name, best = min(options)
+            plan = dict(best.plan)
+        return best if abs(best.removed - target) <= accept_tol else None
 
     def most(self) -> Candidate:
         """Everything allowed removed: one head per attention and the minimum FFN width left."""
@@ -204,6 +243,12 @@ class Planner:
                     lo, c_lo = mid, c
             cands += [c_lo, c_hi]
         on_target = [c for c in cands if abs(c.removed - target) <= accept_tol]
+        if not on_target and self.ffn and not self.global_ranking and cap is None:
+            below = max((c for c in cands if c.removed <= target), key=lambda c: c.removed, default=None)
+            refined = self._refine(below, target, accept_tol) if below is not None else None
+            if refined is not None:
+                cands.append(refined)
+                on_target = [refined]
         if on_target:
             best = min(on_target, key=lambda c: (abs(c.head_ratio - c.ffn_ratio), abs(c.removed - target)))
         else:

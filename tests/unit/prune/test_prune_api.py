@@ -200,8 +200,12 @@ def test_report_is_json_and_matches_the_model_spec() -> None:
         "macs_before",
         "macs_after",
         "macs_removed",
+        "params_removed",
         "steps",
         "blocks",
+        "dropped_layers",
+        "layer_scores",
+        "latency",
     }
     assert [s["step"] for s in d["steps"]] == [1, 2]
     spec = model_spec(m)

@@ -49,8 +49,27 @@ def test_unknown_key_and_unknown_criterion_are_rejected() -> None:
 
 def test_every_literal_importance_is_a_registered_criterion() -> None:
     literal = PruneConfig.model_fields["importance"].annotation.__args__  # type: ignore[union-attr]
-    assert sorted(literal) == list_criteria() == ["magnitude", "taylor"]
+    assert sorted(literal) == list_criteria() == ["bn_scale", "head_gate", "magnitude", "taylor"]
     assert CRITERIA.get("taylor").needs_grad
     assert not CRITERIA.get("magnitude").needs_grad
     for name in literal:
         assert callable(CRITERIA.get(name).make())
+
+
+def test_target_takes_exactly_one_of_macs_params_latency() -> None:
+    assert PruneConfig(target={"params": 0.3}).target.metric == "params"
+    lat = PruneConfig(target={"latency": {"target": "cpu-ort-fp32", "batch": 32, "p95_ms": 5}})
+    assert lat.target.metric == "macs"
+    assert lat.target.fraction is None
+    assert PruneConfig.model_validate(lat.model_dump()) == lat
+    with pytest.raises(pydantic.ValidationError, match="exactly one of target.macs, target.params"):
+        PruneConfig(target={"macs": 0.3, "params": 0.3})
+    with pytest.raises(pydantic.ValidationError, match=r"latency\.p95_ms"):
+        PruneConfig(target={"latency": {"target": "cpu-ort", "p95_ms": -1}})
+
+
+def test_layer_drop_takes_a_count_or_a_fraction() -> None:
+    assert PruneConfig(layers={"drop": 2}).layers.count(6) == 2  # type: ignore[union-attr]
+    assert PruneConfig(layers={"drop": 0.5}).layers.count(6) == 3  # type: ignore[union-attr]
+    with pytest.raises(pydantic.ValidationError, match="whole count"):
+        PruneConfig(layers={"drop": 1.5})

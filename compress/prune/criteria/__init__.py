@@ -1,0 +1,1 @@
+"""One module per importance criterion; each registers itself in ``compress.prune.CRITERIA``."""
