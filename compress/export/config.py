@@ -26,11 +26,21 @@ from pydantic import Field, field_validator
 from compress.config.base import CompressConfig
 
 ExportFormat = Literal[
-    "onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-u8", "tensorrt-fp16", "tensorrt-int8", "torch-fp32"
+    "onnx-fp32",
+    "onnx-fp16",
+    "onnx-int8",
+    "onnx-int8-u8",
+    "onnx-int4",
+    "onnx-int4-matmulnbits",
+    "tensorrt-fp16",
+    "tensorrt-int8",
+    "torch-fp32",
 ]
 """``onnx-fp32``: float ONNX; ``onnx-fp16``: float16 weights and compute, float32 inputs and outputs;
 ``onnx-int8``: INT8 Q/DQ, signed activations (TensorRT);
-``onnx-int8-u8``: INT8 Q/DQ, uint8 activations with zero point 128 (ONNX Runtime on x86 CPUs)."""
+``onnx-int8-u8``: INT8 Q/DQ, uint8 activations with zero point 128 (ONNX Runtime on x86 CPUs);
+``onnx-int4``: INT4 weight-only, blocked DequantizeLinear, opset 21;
+``onnx-int4-matmulnbits``: INT4 weight-only, ONNX Runtime's com.microsoft MatMulNBits."""
 
 
 class ParityToleranceConfig(CompressConfig):
@@ -62,16 +72,55 @@ class ParityTolerancesConfig(CompressConfig):
         default_factory=lambda: ParityToleranceConfig(min_top1_agreement=0.98),
         description="INT8 Q/DQ files vs the fake-quant torch model (same learned scales).",
     )
+    int4: ParityToleranceConfig = Field(
+        default_factory=lambda: ParityToleranceConfig(min_top1_agreement=0.99, min_cosine=0.9999),
+        description="INT4 weight-only files vs the torch model holding the same INT4 weights "
+        "(compress.export.int4.int4_model): float32 rounding only, so tight.",
+    )
+
+
+class Int4ExportConfig(CompressConfig):
+    """How ``onnx-int4`` and ``onnx-int4-matmulnbits`` are written (``compress.export.int4``).
+
+    Weights of ``nn.Linear`` layers become 4-bit codes with one scale per output channel and
+    block of ``block_size`` input features. A layer with a QAT weight quantizer of at most 4
+    bits keeps its learned codes and scale (exact); any other Linear is rounded to nearest.
+    """
+
+    block_size: int = Field(
+        128,
+        ge=16,
+        le=1 << 16,
+        description="Input features per scale: a power of two >= 16 (MatMulNBits' rule).",
+    )
+    keep_float: list[str] = Field(
+        default_factory=list,
+        description="Module-name patterns (fnmatch: head, blocks.*.qkv) whose Linear weights stay float32.",
+    )
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            lo = 1 << (v.bit_length() - 1)
+            raise ValueError(
+                f"got {v}; expected a power of two >= 16 (MatMulNBits' rule): use {lo} or {lo * 2}"
+            )
+        return v
 
 
 class TensorRTExportConfig(CompressConfig):
     """How ``tensorrt-*`` engines are built (``compress.export.tensorrt``)."""
 
     batch_sizes: list[int] = Field(
-        default_factory=lambda: [1, 32], min_length=1, description="Batch sizes the engine's profile covers (min..max)."
+        default_factory=lambda: [1, 32],
+        min_length=1,
+        description="Batch sizes the engine's profile covers (min..max).",
     )
     workspace_mb: int = Field(2048, ge=16, le=1 << 20, description="Builder workspace limit in MB.")
-    timing_cache: bool = Field(True, description="Reuse tactic timings across builds (artifacts/tensorrt.timing-cache).")
+    timing_cache: bool = Field(
+        True, description="Reuse tactic timings across builds (artifacts/tensorrt.timing-cache)."
+    )
 
 
 class Fp16ExportConfig(CompressConfig):

@@ -56,10 +56,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress._utils.io import atomic_write_bytes
 from compress.errors import ExportError
 from compress.export.config import Fp16ExportConfig
-from compress.export.onnx import DEFAULT_OPSET, trace_to_onnx
+from compress.export.onnx import DEFAULT_OPSET, trace_to_onnx, write_onnx
 
 FP16_MAX = 65504.0
 """Largest finite float16; finite weights beyond it are clipped to ±FP16_MAX."""
@@ -140,6 +139,7 @@ def export_onnx_fp16(
     opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = True,
     config: Fp16ExportConfig | None = None,
+    external_data: bool = False,
 ) -> Fp16Conversion:
     """Export ``model`` to ONNX (as ``export_onnx``) and write it converted to float16.
 
@@ -150,6 +150,7 @@ def export_onnx_fp16(
         opset: ONNX opset of the traced graph.
         dynamic_batch: Make axis 0 of input and output symbolic (``batch``).
         config: Conversion settings (``keep_fp32_ops``); default ``Fp16ExportConfig()``.
+        external_data: Keep tensors in a data file beside ``path`` (``compress.export.onnx.write_onnx``).
 
     Returns:
         What the conversion changed (clipped values, casts, ...); a clipping warning was issued if any.
@@ -183,7 +184,7 @@ def export_onnx_fp16(
     converted, report = convert_to_fp16(proto, config=config, warn=False)
     if report.warning:
         warnings.warn(f"{Path(path).name}: {report.warning}", stacklevel=2)
-    atomic_write_bytes(Path(path), converted.SerializeToString())
+    write_onnx(converted, Path(path), external_data=external_data)
     return report
 
 

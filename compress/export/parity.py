@@ -28,10 +28,10 @@ from compress.export.onnx import INPUT_NAME
 PARITY_KEYS = ("max_abs_error", "mean_abs_error", "cosine", "top1_agreement", "n")
 
 
-
 def as_numpy_input(x: torch.Tensor) -> np.ndarray:
     """A model input as the exported graph takes it: float32 for images and features, int64 token ids as they are."""
     return x.numpy().astype(np.float32) if x.is_floating_point() else x.numpy().astype(np.int64)
+
 
 def parity(
     onnx_path: str | os.PathLike[str],
@@ -41,6 +41,7 @@ def parity(
     batch_size: int = 256,
     graph_optimization: Literal["basic", "all"] = "basic",
     threads: int | None = None,
+    labels: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Compare an ONNX file (ONNX Runtime CPU) with a torch model (eval mode) on ``inputs``.
 
@@ -52,6 +53,8 @@ def parity(
         graph_optimization: ``basic`` checks the file's own semantics, ``all`` what
             ONNX Runtime's fused CPU kernels compute on this host (see module docstring).
         threads: ONNX Runtime intra-op threads (default: ORT's choice).
+        labels: Class labels of ``inputs``; when given, ``accuracy`` (the file's top-1
+            accuracy) and ``source_accuracy`` (the torch model's) are added.
 
     Returns:
         ``max_abs_error`` and ``mean_abs_error`` over all logits, ``cosine`` (mean
@@ -61,6 +64,7 @@ def parity(
     Raises:
         ExportError: ``inputs`` is empty, or ONNX Runtime cannot load or run the file,
             or the output shapes differ.
+        BadInputError: The file's external data lies outside its folder (refused before loading).
 
     Example:
         >>> parity("artifacts/model.fp32.onnx", model, x_val, batch_size=256)  # doctest: +SKIP
@@ -70,6 +74,9 @@ def parity(
 
     if len(inputs) == 0:
         raise ExportError(f"parity of {onnx_path}: no inputs to compare on")
+    from compress.runtime.onnxruntime import check_external_data
+
+    check_external_data(onnx_path)  # never let ONNX Runtime read data outside the model's folder
     so = ort.SessionOptions()
     so.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -83,6 +90,7 @@ def parity(
         sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise ExportError(f"ONNX Runtime cannot load {onnx_path}: {e}") from e
+
     def run(xb: torch.Tensor) -> np.ndarray:
         try:
             return sess.run(None, {INPUT_NAME: as_numpy_input(xb)})[0]
@@ -91,11 +99,19 @@ def parity(
                 f"ONNX Runtime failed to run {onnx_path} on a batch of shape {tuple(xb.shape)}: {e}"
             ) from e
 
-    return _batched_parity(run, torch_model, inputs, batch_size=batch_size, what=str(onnx_path))
+    return _batched_parity(
+        run, torch_model, inputs, batch_size=batch_size, what=str(onnx_path), labels=labels
+    )
 
 
 def _batched_parity(
-    run: Any, torch_model: nn.Module, inputs: torch.Tensor, *, batch_size: int, what: str
+    run: Any,
+    torch_model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    batch_size: int,
+    what: str,
+    labels: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Run ``run(batch) -> logits`` and the torch model (eval, no grad) batch by batch, then compare."""
     was = torch_model.training
@@ -109,7 +125,13 @@ def _batched_parity(
                 ref.append(torch_model(xb).float().numpy())
     finally:
         torch_model.train(was)
-    return compare_outputs(np.concatenate(got), np.concatenate(ref), what=what)
+    a, b = np.concatenate(got), np.concatenate(ref)
+    out = compare_outputs(a, b, what=what)
+    if labels is not None:
+        y = labels.numpy().reshape(-1)
+        out["accuracy"] = float((a.reshape(len(a), -1).argmax(1) == y).mean())
+        out["source_accuracy"] = float((b.reshape(len(b), -1).argmax(1) == y).mean())
+    return out
 
 
 def compare_outputs(got: np.ndarray, ref: np.ndarray, *, what: str = "artifact") -> dict[str, float]:
@@ -137,7 +159,9 @@ def compare_outputs(got: np.ndarray, ref: np.ndarray, *, what: str = "artifact")
     }
 
 
-def session_parity(session: Any, torch_model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256) -> dict[str, float]:
+def session_parity(
+    session: Any, torch_model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256
+) -> dict[str, float]:
     """Parity of a loaded runtime ``Session`` (any backend) against a torch model on ``inputs``."""
     name = session.inputs[0].name
     return _batched_parity(

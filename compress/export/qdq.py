@@ -35,9 +35,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from compress._utils.io import atomic_write_bytes
 from compress.errors import ExportError
-from compress.export.onnx import DEFAULT_OPSET, trace_to_onnx
+from compress.export.onnx import DEFAULT_OPSET, trace_to_onnx, write_onnx
 
 Flavour = Literal["s8s8", "u8s8"]
 
@@ -53,6 +52,7 @@ def export_onnx_qdq(
     flavour: Flavour = "s8s8",
     opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = True,
+    external_data: bool = False,
 ) -> Path:
     """Export a calibrated/QAT model to INT8 Q/DQ ONNX using its learned scales.
 
@@ -63,7 +63,9 @@ def export_onnx_qdq(
         example_inputs: An input batch used for tracing.
         flavour: ``s8s8`` (TensorRT) or ``u8s8`` (ONNX Runtime CPU).
         opset: ONNX opset (at least 13, for per-axis DequantizeLinear).
-        dynamic_batch: Make axis 0 of input and output symbolic (``batch``).
+        dynamic_batch: Make axis 0 of input and output symbolic (``batch``, and ``sequence`` for
+            token inputs).
+        external_data: Keep tensors in a data file beside ``path`` (``compress.export.onnx.write_onnx``).
 
     Returns:
         The path written.
@@ -114,7 +116,7 @@ def export_onnx_qdq(
     summary = qdq_summary(proto)
     if summary["weights"] == 0 or summary["activations"] == 0:
         raise ExportError(f"INT8 export produced no Q/DQ nodes ({summary}); the quantizers were not traced")
-    atomic_write_bytes(path, proto.SerializeToString())
+    write_onnx(proto, path, external_data=external_data)
     return path
 
 
@@ -133,7 +135,9 @@ def qdq_summary(model: Any) -> dict[str, Any]:
     import onnx
     from onnx import numpy_helper
 
-    proto = onnx.load(str(model)) if isinstance(model, str | os.PathLike) else model
+    from compress.export.onnx import load_onnx
+
+    proto = load_onnx(model) if isinstance(model, str | os.PathLike) else model
     g = proto.graph
     inits, consumers = _graph_index(g)
     weights = 0

@@ -206,3 +206,61 @@ def build_engine(
     side = plan_path.with_suffix(plan_path.suffix + ".json")
     atomic_write_json(side, sidecar)
     return EngineBuild(plan_path=plan_path, sidecar_path=side, sidecar=json.loads(json.dumps(sidecar)))
+
+
+TEACHER_ONNX = "teacher.fp32.onnx"
+TEACHER_ENGINE = "teacher.fp32.engine"
+
+
+def build_teacher_engine(
+    teacher: Any,
+    out_dir: str | os.PathLike[str],
+    example_inputs: Any,
+    *,
+    batch_sizes: list[int],
+    workspace_mb: int = 2048,
+    timing_cache: str | os.PathLike[str] | None = None,
+) -> EngineBuild:
+    """The teacher as an FP32 TensorRT engine, so a ``tensorrt`` target times teacher and artifacts alike.
+
+    A deploy target measures the teacher on its own runtime (same shapes, same timer); the
+    ``tensorrt`` runtime loads only engines, so the teacher is exported to FP32 ONNX
+    (``teacher.fp32.onnx``, dynamic batch) and built as ``teacher.fp32.engine`` with one profile
+    over ``batch_sizes`` (FP32: no precision flag on TensorRT 10; a strongly typed FP32 network
+    on 11). Written against the API like ``build_engine``, and as untested on real TensorRT.
+
+    Args:
+        teacher: The full-precision teacher (``nn.Module``, eval mode; not modified).
+        out_dir: Folder for the ONNX file, the plan and its sidecar (a stage folder).
+        example_inputs: An input batch (shape ``[n, *example]``) for tracing and the profile's
+            non-batch axes.
+        batch_sizes: The target's batch sizes (profile min = smallest, opt = max = largest).
+        workspace_mb: Builder workspace limit.
+        timing_cache: Timing cache file shared with the artifacts' builds.
+
+    Returns:
+        The build record (plan, sidecar).
+
+    Raises:
+        MissingDependency: ``tensorrt`` is not installed (exit 2).
+        ExportError: The teacher cannot be exported, or the engine cannot be built.
+
+    Example:
+        >>> build = build_teacher_engine(teacher, "stages/06", x[:2], batch_sizes=[1, 32])  # doctest: +SKIP
+        >>> build.plan_path.name  # doctest: +SKIP
+        'teacher.fp32.engine'
+    """
+    from compress.export.onnx import INPUT_NAME, export_onnx
+
+    import_tensorrt()  # fail before exporting when TensorRT is missing
+    out = Path(out_dir)
+    onnx_path = export_onnx(teacher, out / TEACHER_ONNX, example_inputs)
+    shapes: dict[str, tuple[int | str, ...]] = {INPUT_NAME: ("batch", *tuple(example_inputs.shape[1:]))}
+    return build_engine(
+        onnx_path,
+        out / TEACHER_ENGINE,
+        precision="fp32",
+        profiles=batch_profiles(shapes, batch_sizes),
+        workspace_mb=workspace_mb,
+        timing_cache=timing_cache,
+    )

@@ -15,6 +15,16 @@ Formats (``formats:``), written to ``artifacts/``:
   TensorRT rules) from the learned scales.
 * ``onnx-int8-u8`` → ``model.int8-u8.onnx``: the same scales with uint8
   activations at zero point 128 (U8S8, ONNX Runtime on x86 CPUs).
+* ``onnx-int4`` → ``model.int4.onnx``: INT4 weight-only, blocked ``DequantizeLinear``
+  (opset 21) before each ``MatMul``; activations float (``compress.export.int4``).
+* ``onnx-int4-matmulnbits`` → ``model.int4-matmulnbits.onnx``: the same INT4 weights in
+  ONNX Runtime's ``com.microsoft.MatMulNBits`` (CPU and CUDA; ONNX Runtime only).
+
+INT4 weights come from a ``qat`` stage's quantizers of at most 4 bits (learned codes and
+scales, exact) or, for other Linear layers, from round-to-nearest; ``int4.block_size``
+(default 128) sets the scale block. INT4 files are compared with the torch model holding the
+same INT4 weights (``tolerances.int4``) and, recorded only, with the float model
+(``vs_float``: what 4-bit weights cost).
 
 INT8 formats need an earlier ``qat`` stage (checked before the run starts).
 Each file is compared with its torch source on ``parity_split`` with ONNX
@@ -26,7 +36,16 @@ so FP16 parity on CPU is close to, not identical with, a GPU's). For
 ``onnx-int8-u8`` the stage also records ``ort_cpu_parity``, the parity of ONNX
 Runtime's fused integer kernels on this host, and warns when it misses the
 tolerance (x86 without VNNI saturates 8-bit weights; see
-``compress.quant.config``). ``preprocess.json`` describes input and output.
+``compress.quant.config``); for ``onnx-int4`` likewise (ONNX Runtime fuses the blocked
+DequantizeLinear and MatMul into MatMulNBits with int8 activations at ``ORT_ENABLE_ALL``).
+
+``simplify: true`` runs onnxslim on each ONNX file and keeps the simplified graph only if
+it still meets the tolerance (``simplify`` in the artifact's meta records before/after and
+why it was kept or not). ``external_data: true`` (forced above 1.8 GB) writes tensors to one
+data file beside each ONNX file, named relative to it (``compress.export.onnx.write_onnx``).
+``preprocess.json`` describes input and output (names, shapes with dynamic axes, dtypes,
+normalisation, label names; tokenizer files are copied to ``artifacts/tokenizer/`` for text
+models) and ``MODEL_CARD.md`` says what went in and what came out (``compress.export.card``).
 
 Example (pipeline YAML)::
 
@@ -35,10 +54,10 @@ Example (pipeline YAML)::
         tolerances: {int8: {min_top1_agreement: 0.99}}
 
 Metrics: ``formats`` (by name: ``path``, ``parity``, ``size_bytes``, and
-``qdq`` node counts, ``fp16`` conversion counts, ``warnings`` or
-``ort_cpu_parity`` where they apply), ``int8_size_ratio`` and
-``fp16_size_ratio`` (FP32 bytes / INT8 or FP16 bytes when both exist),
-``preprocess``.
+``qdq`` node counts, ``int4`` summaries, ``fp16`` conversion counts, ``warnings``,
+``ort_cpu_parity``, ``vs_float``, ``simplify`` or ``external_data`` where they apply),
+``int8_size_ratio``, ``int4_size_ratio`` and ``fp16_size_ratio`` (FP32 bytes / lower-precision
+bytes when both exist), ``preprocess``, ``model_card``.
 """
 
 from __future__ import annotations
@@ -53,26 +72,33 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from compress._utils.io import atomic_write_json
+from compress._utils.io import atomic_write_json, atomic_write_text
 from compress._utils.registry import Registry
 from compress.errors import ExportError
 from compress.export import (
     ExportFormat,
     Fp16ExportConfig,
+    Int4ExportConfig,
     ParityTolerancesConfig,
     TensorRTExportConfig,
     check_parity,
     export_onnx,
     export_onnx_fp16,
+    export_onnx_int4,
     export_onnx_qdq,
+    int4_model,
+    int4_summary,
     parity,
     qdq_summary,
 )
-from compress.export.onnx import INPUT_NAME, OUTPUT_NAME
+from compress.export.int4 import int4_layers
+from compress.export.onnx import INPUT_NAME, OUTPUT_NAME, external_data_files, load_onnx, write_onnx
 from compress.quant import is_quantized, set_quant_enabled_
 from compress.stages.base import Artifact, Stage, StageConfig, StageContext, StageResult, register_stage
 
 PREPROCESS_FILE = "preprocess.json"
+MODEL_CARD_FILE = "MODEL_CARD.md"
+TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass(frozen=True)
@@ -82,56 +108,113 @@ class OnnxFormat:
     Attributes:
         name: The ``formats:`` value and artifact name.
         filename: File name under ``artifacts/``.
-        precision: ``fp32``, ``fp16`` or ``int8`` (selects the parity tolerance).
-        flavour: ``fp32``, ``fp16``, ``s8s8`` or ``u8s8``.
+        precision: ``fp32``, ``fp16``, ``int8`` or ``int4`` (selects the parity tolerance).
+        flavour: ``fp32``, ``fp16``, ``s8s8``, ``u8s8``, ``int4-dq`` or ``int4-matmulnbits``.
         check_ort_kernels: Also record parity of ONNX Runtime's fused CPU kernels (ORT-targeted files).
+        ort_kernel_hint: What to do when those kernels miss the tolerance (the stage's warning).
     """
 
     name: str
     filename: str
-    precision: Literal["fp32", "fp16", "int8"]
-    flavour: Literal["fp32", "fp16", "s8s8", "u8s8"]
+    precision: Literal["fp32", "fp16", "int8", "int4"]
+    flavour: Literal["fp32", "fp16", "s8s8", "u8s8", "int4-dq", "int4-matmulnbits"]
     check_ort_kernels: bool = False
+    ort_kernel_hint: str = ""
 
     @property
     def quantized(self) -> bool:
-        """Whether the file is written from the fake quantizers' scales."""
+        """Whether the file is written from the fake quantizers' scales (needs a ``qat`` stage)."""
         return self.precision == "int8"
 
-    def source(self, model: nn.Module) -> nn.Module:
+    def source(self, model: nn.Module, cfg: ExportStageConfig | None = None) -> nn.Module:
         """The torch model this file is exported from and compared with (a copy of ``model``)."""
+        if self.precision == "int4":
+            int4 = cfg.int4 if cfg is not None else Int4ExportConfig()
+            return int4_model(model, block_size=int4.block_size, keep_float=int4.keep_float)
         src = copy.deepcopy(model)
         set_quant_enabled_(src, self.quantized)
         src.eval()
         return src
 
+    def float_reference(self, model: nn.Module) -> nn.Module | None:
+        """The float model to record ``vs_float`` parity against (INT4: what 4-bit weights cost)."""
+        if self.precision != "int4":
+            return None
+        src = copy.deepcopy(model)
+        set_quant_enabled_(src, False)
+        return src.eval()
+
     def write(
-        self,
-        model: nn.Module,
-        path: Path,
-        example_inputs: Any,
-        opset: int,
-        fp16: Fp16ExportConfig | None = None,
+        self, model: nn.Module, path: Path, example_inputs: Any, cfg: ExportStageConfig
     ) -> dict[str, Any]:
         """Export ``model`` (from ``source``) to ``path``; return meta proper to the format (may be empty)."""
+        ext = cfg.external_data
         if self.quantized:
-            export_onnx_qdq(model, path, example_inputs, flavour=self.flavour, opset=opset)  # type: ignore[arg-type]
+            export_onnx_qdq(
+                model, path, example_inputs, flavour=self.flavour, opset=cfg.opset, external_data=ext
+            )  # type: ignore[arg-type]
+        elif self.precision == "int4":
+            flavour = "dq" if self.flavour == "int4-dq" else "matmulnbits"
+            export_onnx_int4(model, path, example_inputs, flavour=flavour, opset=cfg.opset, external_data=ext)
+            return {"int4_layers": int4_layers(model), "block_size": cfg.int4.block_size}
         elif self.precision == "fp16":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the stage records and reports the clipping warning itself
-                conv = export_onnx_fp16(model, path, example_inputs, opset=opset, config=fp16)
+                conv = export_onnx_fp16(
+                    model, path, example_inputs, opset=cfg.opset, config=cfg.fp16, external_data=ext
+                )
             return {"fp16": conv.to_dict(), "warnings": [conv.warning] if conv.warning else []}
         else:
-            export_onnx(model, path, example_inputs, opset=opset)
+            export_onnx(model, path, example_inputs, opset=cfg.opset, external_data=ext)
         return {}
 
+    def summary(self, path: Path) -> dict[str, Any]:
+        """Node counts proper to the format (``qdq`` for INT8, ``int4`` for INT4)."""
+        if self.quantized:
+            return {"qdq": qdq_summary(path)}
+        if self.precision == "int4":
+            return {"int4": int4_summary(path)}
+        return {}
+
+    def opset(self, cfg: ExportStageConfig) -> int:
+        """The file's default-domain opset (``onnx-int4`` is converted to 21)."""
+        from compress.export.int4 import INT4_OPSET
+
+        return INT4_OPSET if self.flavour == "int4-dq" else cfg.opset
+
+
+_VNNI_HINT = (
+    "x86 CPUs without VNNI saturate 8-bit weights in u8s8 kernels: use quant.weights.bits: 7 in the qat "
+    "stage for such targets"
+)
+_INT4_KERNEL_HINT = (
+    "at ORT_ENABLE_ALL ONNX Runtime fuses DequantizeLinear+MatMul into MatMulNBits with int8 activations "
+    "(session config session.qdq_matmulnbits_accuracy_level, default 4); set it to 0 in the runtime for "
+    "float activations, or deploy onnx-int4-matmulnbits"
+)
 
 ONNX_FORMATS: Registry[OnnxFormat] = Registry("export format")
 for _f in (
     OnnxFormat("onnx-fp32", "model.fp32.onnx", "fp32", "fp32"),
     OnnxFormat("onnx-fp16", "model.fp16.onnx", "fp16", "fp16"),
     OnnxFormat("onnx-int8", "model.int8.onnx", "int8", "s8s8"),
-    OnnxFormat("onnx-int8-u8", "model.int8-u8.onnx", "int8", "u8s8", check_ort_kernels=True),
+    OnnxFormat(
+        "onnx-int8-u8",
+        "model.int8-u8.onnx",
+        "int8",
+        "u8s8",
+        check_ort_kernels=True,
+        ort_kernel_hint=_VNNI_HINT,
+    ),
+    OnnxFormat(
+        "onnx-int4",
+        "model.int4.onnx",
+        "int4",
+        "int4-dq",
+        check_ort_kernels=True,
+        ort_kernel_hint=_INT4_KERNEL_HINT,
+    ),
+    OnnxFormat("onnx-int4-matmulnbits", "model.int4-matmulnbits.onnx", "int4", "int4-matmulnbits"),
 ):
     ONNX_FORMATS.register(_f.name)(_f)
 
@@ -208,7 +291,8 @@ class ExportStageConfig(StageConfig):
         17,
         ge=11,
         le=20,
-        description="ONNX opset (INT8 formats need >= 13; the TorchScript exporter stops at 20).",
+        description="ONNX opset the model is traced at (INT8 formats need >= 13; the TorchScript exporter "
+        "stops at 20); onnx-int4 files are converted to opset 21.",
     )
     tolerances: ParityTolerancesConfig = Field(
         default_factory=ParityTolerancesConfig,
@@ -221,7 +305,21 @@ class ExportStageConfig(StageConfig):
         default_factory=Fp16ExportConfig, description="How onnx-fp16 is converted (ops kept in float32)."
     )
     tensorrt: TensorRTExportConfig = Field(
-        default_factory=TensorRTExportConfig, description="Engine profiles and builder settings (tensorrt-* formats)."
+        default_factory=TensorRTExportConfig,
+        description="Engine profiles and builder settings (tensorrt-* formats).",
+    )
+    int4: Int4ExportConfig = Field(
+        default_factory=Int4ExportConfig,
+        description="INT4 weight-only settings (onnx-int4, onnx-int4-matmulnbits): block_size, keep_float.",
+    )
+    simplify: bool = Field(
+        False,
+        description="Simplify each ONNX file with onnxslim (pip install 'compress[export]'); kept only if "
+        "parity still meets the tolerance.",
+    )
+    external_data: bool = Field(
+        False,
+        description="Write ONNX tensors to one data file beside each .onnx (always on above 1.8 GB).",
     )
 
     @field_validator("formats")
@@ -249,13 +347,14 @@ class ExportStageConfig(StageConfig):
 
 @register_stage
 class ExportStage(Stage):
-    """Write ONNX FP32, FP16 and INT8 Q/DQ files and check their parity with torch."""
+    """Write ONNX FP32, FP16, INT8 Q/DQ and INT4 files, check their parity with torch, describe them."""
 
     name = "export"
     config_class = ExportStageConfig
     before = frozenset({"validate"})
     description = (
-        "Export ONNX FP32, FP16 and INT8 Q/DQ (S8S8 for TensorRT, U8S8 for ONNX Runtime) with parity checks."
+        "Export ONNX FP32, FP16, INT8 Q/DQ (S8S8 for TensorRT, U8S8 for ONNX Runtime) and INT4 weight-only "
+        "(blocked DQ, MatMulNBits) with parity checks, preprocess.json and MODEL_CARD.md."
     )
 
     @classmethod
@@ -272,15 +371,24 @@ class ExportStage(Stage):
 
     @classmethod
     def missing_dependencies(cls, cfg: Any) -> list[str]:
-        """TensorRT must be importable when an engine format is asked for."""
+        """TensorRT must be importable for engine formats, onnxslim for ``simplify: true``."""
         import importlib.util
 
+        problems = []
         engines = [f for f in cfg.formats if f in ENGINE_FORMATS]
         if engines and importlib.util.find_spec("tensorrt") is None:
             from compress.export.tensorrt import INSTALL_HINT
 
-            return [f"formats {', '.join(engines)} need TensorRT, which is not installed here: {INSTALL_HINT}"]
-        return []
+            problems.append(
+                f"formats {', '.join(engines)} need TensorRT, which is not installed here: {INSTALL_HINT}"
+            )
+        if cfg.simplify:
+            from compress.export.slim import INSTALL_HINT as SLIM_HINT
+            from compress.export.slim import onnxslim_available
+
+            if not onnxslim_available():
+                problems.append(f"simplify: true needs onnxslim, which is not installed here: {SLIM_HINT}")
+        return problems
 
     def run(self, ctx: StageContext, cfg: ExportStageConfig) -> StageResult:
         def fail(msg: str) -> ExportError:
@@ -296,21 +404,21 @@ class ExportStage(Stage):
                 "put a qat stage before export"
             )
         example = ctx.example_inputs(2)
-        x_par, _ = ctx.data.tensors(cfg.parity_split)
+        x_par, y_par = ctx.data.tensors(cfg.parity_split)
         bs = ctx.pipeline.data.eval_batch_size
         rel_dir = Path(os.path.relpath(ctx.artifacts_dir, ctx.run_dir))
         artifacts: list[Artifact] = []
         by_name: dict[str, dict[str, Any]] = {}
         for fmt in formats:
-            src = fmt.source(ctx.model)
             path = ctx.artifacts_dir / fmt.filename
             rel = str(rel_dir / fmt.filename)
+            tol = getattr(cfg.tolerances, fmt.precision)
             try:
-                extra = fmt.write(src, path, example, cfg.opset, cfg.fp16)
-                par = parity(path, src, x_par, batch_size=bs)
+                src = fmt.source(ctx.model, cfg)
+                extra = fmt.write(src, path, example, cfg)
+                par = parity(path, src, x_par, batch_size=bs, labels=y_par)
             except ExportError as e:
                 raise fail(f"{fmt.name} ({rel}): {e}") from e
-            tol = getattr(cfg.tolerances, fmt.precision)
             problems = check_parity(par, tol)
             if problems:
                 raise fail(
@@ -319,28 +427,33 @@ class ExportStage(Stage):
                     f"top1_agreement {par['top1_agreement']:.4g}, cosine {par['cosine']:.6g}); "
                     f"the limits are tolerances.{fmt.precision} in this stage's config"
                 )
+            if cfg.simplify:
+                extra["simplify"], par = _simplify(path, src, par, tol, x_par, y_par, bs, cfg.external_data)
+                if not extra["simplify"]["applied"]:
+                    ctx.reporter.line(f"  note: {fmt.name}: kept unsimplified: {extra['simplify']['reason']}")
             meta: dict[str, Any] = {
                 "flavour": fmt.flavour,
-                "opset": cfg.opset,
+                "opset": fmt.opset(cfg),
                 "parity": par,
                 "parity_split": cfg.parity_split,
-                "size_bytes": path.stat().st_size,
+                "size_bytes": _size_on_disk(path),
+                "external_data": external_data_files(path),
                 **extra,
+                **fmt.summary(path),
             }
             for warning in extra.get("warnings", []):
                 ctx.reporter.line(f"  warning: {fmt.name} ({rel}): {warning}")
-            if fmt.quantized:
-                meta["qdq"] = qdq_summary(path)
+            ref = fmt.float_reference(ctx.model)
+            if ref is not None:
+                meta["vs_float"] = parity(path, ref, x_par, batch_size=bs, labels=y_par)
             if fmt.check_ort_kernels:
                 kern = parity(path, src, x_par, batch_size=bs, graph_optimization="all")
                 meta["ort_cpu_parity"] = kern
                 kern_problems = check_parity(kern, tol)
                 if kern_problems:
                     ctx.reporter.line(
-                        f"  warning: {fmt.name}: ONNX Runtime's fused integer kernels on this CPU miss "
-                        f"the parity tolerance ({'; '.join(kern_problems)}); x86 CPUs without VNNI "
-                        "saturate 8-bit weights in "
-                        "u8s8 kernels: use quant.weights.bits: 7 in the qat stage for such targets"
+                        f"  warning: {fmt.name}: ONNX Runtime's fused kernels on this CPU miss "
+                        f"the parity tolerance ({'; '.join(kern_problems)}); {fmt.ort_kernel_hint}"
                     )
             artifacts.append(
                 Artifact(name=fmt.name, path=rel, format="onnx", precision=fmt.precision, meta=meta)
@@ -356,13 +469,62 @@ class ExportStage(Stage):
             artifacts.append(_build_engine(ctx, cfg, eng, rel_dir, x_par, fail))
             by_name[eng.name] = {"path": artifacts[-1].path, **artifacts[-1].meta}
         pre_rel = str(rel_dir / PREPROCESS_FILE)
-        atomic_write_json(ctx.artifacts_dir / PREPROCESS_FILE, _preprocess(ctx, formats))
-        metrics: dict[str, Any] = {"formats": by_name, "preprocess": pre_rel}
-        sizes = {f.precision: by_name[f.name]["size_bytes"] for f in formats}
-        for low in ("int8", "fp16"):
+        atomic_write_json(ctx.artifacts_dir / PREPROCESS_FILE, _preprocess(ctx, formats, artifacts, rel_dir))
+        card_rel = str(rel_dir / MODEL_CARD_FILE)
+        atomic_write_text(ctx.artifacts_dir / MODEL_CARD_FILE, _model_card(ctx, cfg, artifacts, rel_dir))
+        metrics: dict[str, Any] = {"formats": by_name, "preprocess": pre_rel, "model_card": card_rel}
+        sizes: dict[str, int] = {}
+        for f in formats:
+            sizes.setdefault(f.precision, by_name[f.name]["size_bytes"])
+        for low in ("int8", "int4", "fp16"):
             if "fp32" in sizes and low in sizes:
                 metrics[f"{low}_size_ratio"] = sizes["fp32"] / sizes[low]
         return StageResult(artifacts=artifacts, metrics=metrics)
+
+
+def _size_on_disk(path: Path) -> int:
+    """Bytes of an ONNX file plus its external data files."""
+    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in external_data_files(path))
+
+
+def _simplify(
+    path: Path, src: nn.Module, before: dict[str, Any], tol: Any, x: Any, y: Any, bs: int, external: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Simplify ``path`` with onnxslim if the result keeps parity.
+
+    Returns:
+        The ``simplify`` record and the parity of the file kept.
+    """
+    from compress.export.slim import simplify_model
+
+    try:
+        slim, info = simplify_model(load_onnx(path))
+    except ExportError as e:
+        return {"applied": False, "reason": str(e), "parity_before": before}, before
+    tmp = path.with_name(f".{path.stem}.slim.onnx")
+    try:
+        write_onnx(slim, tmp, external_data=external)
+        after = parity(tmp, src, x, batch_size=bs, labels=y)
+    except ExportError as e:
+        return {
+            "applied": False,
+            "reason": f"the simplified graph does not run: {e}",
+            "parity_before": before,
+            **info,
+        }, before
+    finally:
+        for f in [tmp, *tmp.parent.glob(f"{tmp.name}.*.data")]:
+            f.unlink(missing_ok=True)
+    problems = check_parity(after, tol)
+    record = {"parity_before": before, "parity_after": after, **info}
+    if problems:
+        return {
+            "applied": False,
+            "reason": f"the simplified graph misses the tolerance: {'; '.join(problems)}",
+            **record,
+        }, before
+    write_onnx(slim, path, external_data=external)
+    return {"applied": True, **record}, after
 
 
 def _write_torch(ctx: StageContext, rel_dir: Path, x_par: Any, bs: int, fail: Any) -> Artifact:
@@ -376,14 +538,27 @@ def _write_torch(ctx: StageContext, rel_dir: Path, x_par: Any, bs: int, fail: An
     plain = plain_float_copy(src)
     path = ctx.artifacts_dir / "model.pt"
     save_model(plain, path)
-    par = compare_outputs(predict(load_model(path), x_par, batch_size=bs).numpy(), predict(src, x_par, batch_size=bs).numpy(), what=str(path))
+    par = compare_outputs(
+        predict(load_model(path), x_par, batch_size=bs).numpy(),
+        predict(src, x_par, batch_size=bs).numpy(),
+        what=str(path),
+    )
     if par["max_abs_error"] > 1e-5:
-        raise fail(f"{TORCH_FORMAT}: the reloaded float model differs from its source (max abs error {par['max_abs_error']:.3g})")
-    return Artifact(name=TORCH_FORMAT, path=str(rel_dir / "model.pt"), format="torch", precision="fp32",
-                    meta={"parity": par, "size_bytes": path.stat().st_size})
+        raise fail(
+            f"{TORCH_FORMAT}: the reloaded float model differs from its source (max abs error {par['max_abs_error']:.3g})"
+        )
+    return Artifact(
+        name=TORCH_FORMAT,
+        path=str(rel_dir / "model.pt"),
+        format="torch",
+        precision="fp32",
+        meta={"parity": par, "size_bytes": path.stat().st_size},
+    )
 
 
-def _build_engine(ctx: StageContext, cfg: ExportStageConfig, eng: EngineFormat, rel_dir: Path, x_par: Any, fail: Any) -> Artifact:
+def _build_engine(
+    ctx: StageContext, cfg: ExportStageConfig, eng: EngineFormat, rel_dir: Path, x_par: Any, fail: Any
+) -> Artifact:
     """Build ``eng`` from its ONNX file; check parity on the GPU when TensorRT can run here."""
     from compress.export import session_parity
     from compress.export.tensorrt import batch_profiles, build_engine
@@ -405,7 +580,11 @@ def _build_engine(ctx: StageContext, cfg: ExportStageConfig, eng: EngineFormat, 
         )
     except ExportError as e:
         raise fail(f"{eng.name} ({rel_dir / eng.filename}): {e}") from e
-    meta: dict[str, Any] = {"built_from": eng.onnx, "sidecar": str(rel_dir / built.sidecar_path.name), "size_bytes": plan.stat().st_size}
+    meta: dict[str, Any] = {
+        "built_from": eng.onnx,
+        "sidecar": str(rel_dir / built.sidecar_path.name),
+        "size_bytes": plan.stat().st_size,
+    }
     ok, why = TrtSession.can_run_here("cuda")
     if ok:
         src = onnx_fmt.source(ctx.model)
@@ -418,20 +597,182 @@ def _build_engine(ctx: StageContext, cfg: ExportStageConfig, eng: EngineFormat, 
     else:
         meta["parity"] = None
         meta["parity_skipped"] = why
-    return Artifact(name=eng.name, path=str(rel_dir / eng.filename), format="tensorrt", precision=eng.precision, meta=meta)
+    return Artifact(
+        name=eng.name, path=str(rel_dir / eng.filename), format="tensorrt", precision=eng.precision, meta=meta
+    )
 
 
-def _preprocess(ctx: StageContext, formats: list[OnnxFormat]) -> dict[str, Any]:
-    """What a deployer needs to feed the files: input/output names, shapes, dtype and preprocessing."""
+def _preprocess(
+    ctx: StageContext, formats: list[OnnxFormat], artifacts: list[Artifact], rel_dir: Path
+) -> dict[str, Any]:
+    """What a deployer needs to feed the files without compress.
+
+    Input and output names, shapes (symbolic axes by name), dtypes; the data source's own
+    ``preprocess`` record (normalisation, tokenizer settings...); ``normalisation`` and
+    ``labels`` lifted out of it where it has them; for token inputs the tokenizer files
+    copied to ``artifacts/tokenizer/``; every artifact's file and external data files.
+    """
     data = ctx.data
-    return {
+    pre = dict(data.preprocess or {})
+    tokens = not data.inputs.is_floating_point() and len(data.input_shape) == 1
+    in_shape: list[Any] = ["batch", "sequence"] if tokens else ["batch", *data.input_shape]
+    out: dict[str, Any] = {
         "input": {
             "name": INPUT_NAME,
-            "shape": ["batch", *data.input_shape],
+            "shape": in_shape,
             "dtype": str(data.inputs.dtype).removeprefix("torch."),
         },
         "output": {"name": OUTPUT_NAME, "shape": ["batch", data.num_classes], "dtype": "float32"},
+        "dynamic_axes": {
+            INPUT_NAME: {"0": "batch", **({"1": "sequence"} if tokens else {})},
+            OUTPUT_NAME: {"0": "batch"},
+        },
         "num_classes": data.num_classes,
         "preprocess": data.preprocess,
         "artifacts": {f.name: f.filename for f in formats},
     }
+    if tokens:
+        out["input"]["max_length"] = int(data.input_shape[0])
+    norm = {k: pre[k] for k in ("mean", "std", "scale", "normalisation", "layout") if k in pre}
+    if norm:
+        out["normalisation"] = norm
+    labels = pre.get("classes") or pre.get("labels")
+    if labels:
+        out["labels"] = list(labels)
+    tok = _copy_tokenizer(pre.get("tokenizer"), ctx.artifacts_dir / TOKENIZER_DIR) if tokens else []
+    if tokens:
+        out["tokenizer"] = {
+            "files": [f"{TOKENIZER_DIR}/{n}" for n in tok],
+            "source": pre.get("tokenizer"),
+            **{k: pre[k] for k in _TOKENIZER_KEYS if k in pre},
+        }
+    ext = {a.name: a.meta["external_data"] for a in artifacts if a.meta.get("external_data")}
+    if ext:
+        out["external_data"] = ext
+    return out
+
+
+_TOKENIZER_KEYS = (
+    "tokenizer_name",
+    "tokenizer_sha256",
+    "pad_token_id",
+    "padding",
+    "truncation",
+    "attention_mask",
+)
+"""Keys of a text source's ``preprocess`` record repeated under ``preprocess.json``'s ``tokenizer``."""
+
+
+def _copy_tokenizer(folder: Any, dest: Path) -> list[str]:
+    """Copy the Hugging Face tokenizer files of ``folder`` into ``dest`` (atomically); their names."""
+    from compress._utils.io import atomic_write_bytes
+    from compress.data._text import TOKENIZER_FILES
+
+    if not folder or not Path(str(folder)).is_dir():
+        return []
+    copied = []
+    for name in TOKENIZER_FILES:
+        src = Path(str(folder)) / name
+        if src.is_file():
+            atomic_write_bytes(dest / name, src.read_bytes())
+            copied.append(name)
+    return copied
+
+
+_CARD_METRICS = ("val_accuracy", "test_accuracy", "params", "macs", "macs_removed", "weight_bits")
+"""Metrics shown first in the model card's stage table (the stage's ``model`` record, then its own)."""
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A stage's scalar metrics worth a column in the model card (known names first, at most 6).
+
+    Stages record the model leaving them under ``model`` (accuracy, params, MACs); those win
+    over the stage's own top-level numbers of the same name.
+    """
+    model = metrics.get("model") if isinstance(metrics.get("model"), dict) else {}
+    flat = {
+        k: v
+        for src in (metrics, model)
+        for k, v in src.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    chosen = [k for k in _CARD_METRICS if k in flat] + sorted(k for k in flat if k not in _CARD_METRICS)
+    return {k: flat[k] for k in chosen[:6]}
+
+
+def _model_card(ctx: StageContext, cfg: ExportStageConfig, artifacts: list[Artifact], rel_dir: Path) -> str:
+    """``MODEL_CARD.md``: teacher, stages and data that went in; artifacts, sizes and parity that came out."""
+    import importlib.metadata
+
+    from compress.export.card import ModelCardInfo, render_model_card
+
+    pipe = ctx.pipeline
+
+    def dump(obj: Any) -> dict[str, Any]:
+        if obj is None:
+            return {}
+        if hasattr(obj, "model_dump"):
+            return {
+                k: v for k, v in obj.model_dump(mode="json", exclude_defaults=True).items() if v is not None
+            }
+        return {}
+
+    data_cfg = dump(getattr(pipe, "data", None))
+    data_cfg.update({f"{s}_examples": ctx.data.split_size(s) for s in ("train", "val", "test")})
+    data_cfg.setdefault("source", ctx.data.name)
+    pre = ctx.data.preprocess or {}
+    task = {
+        "num_classes": ctx.data.num_classes,
+        "input_shape": list(ctx.data.input_shape),
+        "input_dtype": str(ctx.data.inputs.dtype).removeprefix("torch."),
+        "labels": pre.get("classes"),
+    }
+    stages = [(sid, sid.split("-", 1)[-1], _headline(m or {})) for sid, m in ctx.history.items()]
+    rows = []
+    for a in artifacts:
+        notes = []
+        simp = a.meta.get("simplify")
+        if simp:
+            notes.append(
+                "simplified with onnxslim" if simp["applied"] else f"not simplified: {simp['reason']}"
+            )
+        if "vs_float" in a.meta:
+            vf = a.meta["vs_float"]
+            note = f"vs the float model: top-1 agreement {vf['top1_agreement']:.4f}"
+            if "accuracy" in vf:
+                note += f", accuracy {vf['accuracy']:.4f} (float {vf['source_accuracy']:.4f})"
+            notes.append(note)
+        if a.meta.get("parity_skipped"):
+            notes.append(f"parity not measured: {a.meta['parity_skipped']}")
+        if a.meta.get("external_data"):
+            notes.append(f"external data: {', '.join(a.meta['external_data'])}")
+        file = str(Path(a.path).relative_to(rel_dir)) if a.path.startswith(str(rel_dir)) else a.path
+        rows.append(
+            {
+                "name": a.name,
+                "file": file,
+                "format": a.format,
+                "precision": a.precision,
+                "size_bytes": a.meta.get("size_bytes"),
+                "parity": a.meta.get("parity"),
+                "notes": notes,
+            }
+        )
+    versions = {}
+    for pkg in ("compress", "torch", "onnx", "onnxruntime", "onnxslim"):
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    info = ModelCardInfo(
+        name=str(getattr(pipe, "name", ctx.run_dir.name)),
+        teacher=dump(getattr(pipe, "teacher", None)),
+        stages=stages,
+        data=data_cfg,
+        task=task,
+        artifacts=rows,
+        parity_split=cfg.parity_split,
+        preprocess_file=PREPROCESS_FILE,
+        versions=versions,
+    )
+    return render_model_card(info)

@@ -115,3 +115,33 @@ def test_batch_profiles_from_target_batches():
         batch_profiles({"ids": ("batch", "seq")}, [1])
     with pytest.raises(ExportError, match="at least one batch size"):
         batch_profiles({"input": ("batch", 1)}, [])
+
+
+@pytest.mark.parametrize(("version", "network_flags"), [("10.9.0", 0), ("11.0.0", 1 << 1)])
+def test_teacher_engine_is_fp32_from_an_exported_onnx(monkeypatch, tmp_path, version, network_flags):
+    import onnx
+    import torch
+
+    from compress.export.tensorrt import build_teacher_engine
+    from tests._helpers.models import tiny_vit
+
+    use(monkeypatch, version=version)
+    out = build_teacher_engine(tiny_vit().eval(), tmp_path, torch.randn(2, 1, 8, 8), batch_sizes=[1, 32])
+    assert out.plan_path == tmp_path / "teacher.fp32.engine"
+    onnx.checker.check_model(onnx.load(str(tmp_path / "teacher.fp32.onnx")))
+    plan = json.loads(out.plan_path.read_bytes())
+    assert plan["network_flags"] == network_flags and plan["builder_flags"] == []  # FP32: no precision flag
+    assert plan["profiles"] == [{"input": [[1, 1, 8, 8], [32, 1, 8, 8], [32, 1, 8, 8]]}]
+    assert out.sidecar["precision"] == "fp32" and out.sidecar["onnx"]["file"] == "teacher.fp32.onnx"
+
+
+def test_teacher_engine_without_tensorrt_exports_nothing(monkeypatch, tmp_path):
+    import torch
+
+    from compress.export.tensorrt import build_teacher_engine
+    from tests._helpers.models import tiny_vit
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(MissingDependency, match="pip install tensorrt"):
+        build_teacher_engine(tiny_vit(), tmp_path, torch.randn(2, 1, 8, 8), batch_sizes=[1])
+    assert list(tmp_path.iterdir()) == []

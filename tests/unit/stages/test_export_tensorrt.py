@@ -59,3 +59,21 @@ def test_export_stage_builds_engine_and_records_why_parity_was_skipped(tmp_path,
     assert eng.meta["parity"] is None
     assert "no CUDA device is visible" in eng.meta["parity_skipped"]
     assert (tmp_path / "run/artifacts/tensorrt.timing-cache").is_file()
+
+
+def test_validate_builds_the_teacher_as_an_fp32_engine_for_tensorrt_targets(tmp_path, monkeypatch):
+    """A tensorrt target times the teacher on the same runtime: validate builds its engine once per batch set."""
+    from compress.runtime.tensorrt import TrtSession as TensorRTSession
+    from compress.stages.validate import ValidateStage
+
+    fake = make_fake_tensorrt(version="10.9.0")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    data = digits(tmp_path)
+    ctx = _ctx(tmp_path / "run", data, tiny_vit().eval())
+    cache: dict = {}
+    src, rel = ValidateStage()._teacher_source(ctx, TensorRTSession, cache, [1, 16])
+    plan = json.loads(src.read_bytes())
+    assert plan["profiles"] == [{"input": [[1, 1, 8, 8], [16, 1, 8, 8], [16, 1, 8, 8]]}]
+    assert rel is not None and rel.endswith(".engine")
+    again, _ = ValidateStage()._teacher_source(ctx, TensorRTSession, cache, [1, 16])
+    assert again == src and len(cache) == 1
