@@ -17,6 +17,18 @@ How (MLPerf-style practice, see METHODS.md §5):
   standard deviation; throughput is ``batch / mean seconds``;
 * with ``repeats > 1`` the whole sweep over batch sizes runs again and
   ``p50_spread_ms`` is max - min of the per-repeat medians (run-to-run noise).
+
+Clocks (``LatencyStats.clock`` records which one timed the calls):
+
+* ``perf_counter``: host wall clock read before ``run`` and after ``synchronize``
+  (CPU sessions, and any session when CUDA is absent);
+* ``cuda_event``: a pair of ``torch.cuda.Event(enable_timing=True)`` recorded on the
+  current CUDA stream before ``run`` and after ``synchronize``; ``elapsed_time``
+  is read once all timed calls are done, so reading the clock never stalls the
+  loop. Used for sessions on ``cuda`` (``clock="auto"``). Because the session has
+  synchronized before the end event is recorded, the interval covers the whole
+  call (host-to-device copy, kernels on any stream, device-to-host copy), timed
+  by the GPU's own clock instead of the host's.
 """
 
 from __future__ import annotations
@@ -70,15 +82,19 @@ class LatencyStats:
     iterations: int
     repeats: int
     p50_spread_ms: float
+    clock: str = "perf_counter"
 
     @classmethod
-    def from_samples(cls, batch: int, samples_ms: Sequence[Sequence[float]]) -> LatencyStats:
+    def from_samples(
+        cls, batch: int, samples_ms: Sequence[Sequence[float]], *, clock: str = "perf_counter"
+    ) -> LatencyStats:
         """Summarise per-call times, one sequence per repeat.
 
         Args:
             batch: Examples per call.
             samples_ms: ``samples_ms[r][i]`` is call ``i`` of repeat ``r``, in ms; every
                 repeat has the same, non-zero number of calls.
+            clock: Which clock produced the samples (``perf_counter`` or ``cuda_event``).
 
         Example:
             >>> s = LatencyStats.from_samples(4, [[1.0, 2.0, 3.0, 4.0]])
@@ -109,6 +125,7 @@ class LatencyStats:
             iterations=int(per_repeat[0].size),
             repeats=len(per_repeat),
             p50_spread_ms=max(medians) - min(medians),
+            clock=clock,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,6 +143,7 @@ class LatencyStats:
             "iterations": self.iterations,
             "repeats": self.repeats,
             "p50_spread_ms": self.p50_spread_ms,
+            "clock": self.clock,
         }
 
 
@@ -139,6 +157,7 @@ def measure_latency(
     repeats: int = 1,
     input_sets: int = 4,
     timer: Callable[[], float] = time.perf_counter,
+    clock: str = "auto",
 ) -> dict[int, LatencyStats]:
     """Time ``session.run`` at each batch size.
 
@@ -154,14 +173,17 @@ def measure_latency(
         input_sets: How many different input dicts to cycle through.
         timer: Clock in seconds; injectable so tests can use a fake one. It is read
             exactly twice per timed call (before ``run``, after ``synchronize``) and
-            never during warm-up.
+            never during warm-up. Used when the clock is ``perf_counter``.
+        clock: ``auto`` (CUDA events when ``session.device`` is ``cuda`` and CUDA is
+            available, else ``perf_counter``), ``perf_counter`` or ``cuda_event``.
 
     Returns:
         ``{batch: LatencyStats}`` in ``batch_sizes`` order.
 
     Raises:
         BadInputError: Empty or non-positive ``batch_sizes``, ``iterations < 1``,
-            ``warmup < 0``, ``repeats < 1`` or ``input_sets < 1``.
+            ``warmup < 0``, ``repeats < 1``, ``input_sets < 1``, an unknown ``clock``
+            or ``cuda_event`` without CUDA.
 
     Example:
         >>> stats = measure_latency(sess, lambda b: {"input": x[:b]},
@@ -181,9 +203,12 @@ def measure_latency(
         problems.append(f"repeats must be >= 1, got {repeats}")
     if input_sets < 1:
         problems.append(f"input_sets must be >= 1, got {input_sets}")
+    if clock not in CLOCKS:
+        problems.append(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
     if problems:
         raise BadInputError("measure_latency: " + "; ".join(problems))
 
+    used = resolve_clock(clock, getattr(session, "device", "cpu"))
     sets = {b: [make_inputs(b) for _ in range(input_sets)] for b in sizes}
     samples: dict[int, list[list[float]]] = {b: [] for b in sizes}
     for _ in range(repeats):
@@ -193,12 +218,54 @@ def measure_latency(
             for i in range(warmup):
                 session.run(feeds[i % n])
             session.synchronize()
-            times = [0.0] * iterations
-            for i in range(iterations):
-                feed = feeds[i % n]
-                t0 = timer()
-                session.run(feed)
-                session.synchronize()
-                times[i] = (timer() - t0) * 1000.0
+            if used == "cuda_event":
+                times = _time_cuda_events(session, feeds, iterations)
+            else:
+                times = [0.0] * iterations
+                for i in range(iterations):
+                    feed = feeds[i % n]
+                    t0 = timer()
+                    session.run(feed)
+                    session.synchronize()
+                    times[i] = (timer() - t0) * 1000.0
             samples[b].append(times)
-    return {b: LatencyStats.from_samples(b, samples[b]) for b in sizes}
+    return {b: LatencyStats.from_samples(b, samples[b], clock=used) for b in sizes}
+
+
+CLOCKS = ("auto", "perf_counter", "cuda_event")
+
+
+def resolve_clock(clock: str, device: str) -> str:
+    """The clock ``measure_latency`` uses for a session on ``device`` (see the module docstring).
+
+    Raises:
+        BadInputError: ``cuda_event`` asked for where CUDA is not available.
+
+    Example:
+        >>> resolve_clock("auto", "cpu")
+        'perf_counter'
+    """
+    if clock == "perf_counter" or (clock == "auto" and device != "cuda"):
+        return "perf_counter"
+    import torch
+
+    if not torch.cuda.is_available():
+        if clock == "cuda_event":
+            raise BadInputError("measure_latency: clock 'cuda_event' needs CUDA, and torch sees no CUDA device")
+        return "perf_counter"
+    return "cuda_event"
+
+
+def _time_cuda_events(session: _Runnable, feeds: Sequence[Mapping[str, np.ndarray]], iterations: int) -> list[float]:
+    import torch
+
+    n = len(feeds)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
+    for i in range(iterations):
+        starts[i].record()
+        session.run(feeds[i % n])
+        session.synchronize()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return [float(s.elapsed_time(e)) for s, e in zip(starts, ends, strict=True)]

@@ -95,3 +95,72 @@ def measure_memory(fn: Callable[[], Any]) -> dict[str, float]:
     after = rss_mb()
     peak = max(_peak_mb(), after)
     return {"rss_delta_mb": after - before, "peak_rss_mb": peak}
+
+
+GPU_NOT_APPLICABLE = "not applicable: the target runs on the CPU"
+
+
+class GpuMemoryProbe:
+    """Peak GPU memory of one model on a CUDA device, between ``start()`` and ``stop()``.
+
+    Two methods, picked by who allocates the model's device memory (``Session.gpu_allocator``):
+
+    * ``torch`` (torch, torch-compile, torchao-int8 sessions): ``torch.cuda.reset_peak_memory_stats``
+      at ``start``, then ``max_memory_allocated() - memory_allocated() at start``: the most memory
+      torch's caching allocator handed out for this model at once (weights, activations, CUDA-graph
+      pools), without what other live tensors already held. Method ``torch_max_memory_allocated``.
+    * ``external`` (ONNX Runtime's CUDA provider, TensorRT: their own allocators, invisible to torch):
+      ``torch.cuda.mem_get_info()`` free bytes at ``start`` minus free bytes at ``stop``, with the
+      session still open. ONNX Runtime's arena and TensorRT's workspace keep what they grew to, so
+      this is the memory the model holds at its peak; it is device-wide, so other processes on the
+      same GPU distort it (run alone). Method ``device_free_delta``.
+
+    On a CPU target, or where CUDA is not available, ``stop()`` returns ``gpu_peak_mb: None`` and a
+    ``gpu_method`` that says why: not applicable, never 0. MB is 10^6 bytes.
+
+    Example:
+        >>> probe = GpuMemoryProbe("cpu")
+        >>> probe.start()
+        >>> probe.stop()["gpu_peak_mb"] is None
+        True
+    """
+
+    def __init__(self, device: str, allocator: str = "torch") -> None:
+        self.device = device
+        self.allocator = allocator
+        self._base: int | None = None
+
+    def _active(self) -> bool:
+        if self.device != "cuda":
+            return False
+        import torch
+
+        return bool(torch.cuda.is_available())
+
+    def start(self) -> None:
+        """Take the baseline (resets torch's peak counter for the ``torch`` method)."""
+        if not self._active():
+            return
+        import torch
+
+        torch.cuda.synchronize()
+        if self.allocator == "torch":
+            self._base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._base = torch.cuda.mem_get_info()[0]
+
+    def stop(self) -> dict[str, Any]:
+        """``{"gpu_peak_mb": float | None, "gpu_method": str}`` for the work since ``start``."""
+        if self.device != "cuda":
+            return {"gpu_peak_mb": None, "gpu_method": GPU_NOT_APPLICABLE}
+        if not self._active() or self._base is None:
+            return {"gpu_peak_mb": None, "gpu_method": "not measured: torch sees no CUDA device"}
+        import torch
+
+        torch.cuda.synchronize()
+        if self.allocator == "torch":
+            peak = torch.cuda.max_memory_allocated() - self._base
+            return {"gpu_peak_mb": max(peak, 0) / _MB, "gpu_method": "torch_max_memory_allocated"}
+        used = self._base - torch.cuda.mem_get_info()[0]
+        return {"gpu_peak_mb": max(used, 0) / _MB, "gpu_method": "device_free_delta"}

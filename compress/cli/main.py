@@ -7,14 +7,16 @@ from typing import Annotated
 import typer
 
 from compress.cli._common import STATE
+from compress.cli.bench import bench
 from compress.cli.init import init
 from compress.cli.list_cmd import list_
 from compress.cli.report import report
 from compress.cli.run import run
 from compress.cli.schema import schema
+from compress.cli.targets import targets
 from compress.cli.validate import validate
 
-COMMANDS = ("run", "validate", "init", "schema", "list", "report")
+COMMANDS = ("run", "validate", "init", "schema", "list", "report", "bench", "targets")
 
 app = typer.Typer(
     name="compress",
@@ -38,6 +40,8 @@ app.command("init")(init)
 app.command("schema")(schema)
 app.command("list")(list_)
 app.command("report")(report)
+app.command("bench")(bench)
+app.command("targets")(targets)
 
 
 def main() -> None:

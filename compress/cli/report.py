@@ -1,4 +1,4 @@
-"""``compress report RUN_DIR``: re-render report.md, metrics.json and junit.xml of a finished run."""
+"""``compress report RUN_DIR``: re-render report.md, report.html, metrics.json and junit.xml of a finished run."""
 
 from __future__ import annotations
 
@@ -47,6 +47,6 @@ def report(
                 f"{mpath}: not a complete compress run manifest ({type(e).__name__}: {e}); "
                 "run `compress run` again to rewrite it"
             ) from None
-        typer.echo(f"wrote {run_dir / 'report.md'}")
+        typer.echo(f"wrote {run_dir / 'report.md'} and {run_dir / 'report.html'}")
 
     guarded(go)

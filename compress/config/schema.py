@@ -245,6 +245,20 @@ class SizeGateConfig(CompressConfig):
     max_mb: float = Field(gt=0, description="Megabytes (10^6 bytes).")
 
 
+class PeakMemoryGateConfig(CompressConfig):
+    """Largest allowed peak memory of the released artifact on every validated target.
+
+    ``metric: auto`` judges the GPU peak (``memory.gpu_peak_mb``) on CUDA targets and the host's
+    peak resident size while loading and running the largest batch (``memory.peak_rss_mb``, the
+    whole Python process) on CPU targets.
+    """
+
+    max_mb: float = Field(gt=0, description="Megabytes (10^6 bytes).")
+    metric: Literal["auto", "gpu_peak_mb", "peak_rss_mb", "rss_delta_mb"] = Field(
+        "auto", description="Which memory measurement to judge; auto: GPU peak on cuda, host peak RSS on cpu."
+    )
+
+
 class GatesConfig(CompressConfig):
     """Release gates, checked after the last stage. A gate whose metric is missing fails."""
 
@@ -254,6 +268,42 @@ class GatesConfig(CompressConfig):
         default_factory=dict, description="Latency budgets by deploy target name."
     )
     size: SizeGateConfig | None = Field(None, description="Artifact size.")
+    peak_memory: PeakMemoryGateConfig | None = Field(
+        None, description="Peak memory (GPU on cuda targets, host RSS on cpu targets)."
+    )
+
+
+class TrackingConfig(CompressConfig):
+    """Experiment tracking of a run (optional; off when ``tracking:`` is absent).
+
+    Shorthand ``tracking: mlflow`` or ``tracking: tensorboard``. MLflow logs to an embedded SQLite
+    store under the run directory unless ``uri`` names another; TensorBoard writes event files under
+    ``<run_dir>/tensorboard`` unless ``uri`` names another folder. See ``compress.tracking``.
+    """
+
+    backend: str = Field(description="Tracking backend: mlflow or tensorboard.")
+    uri: str | None = Field(
+        None,
+        description="mlflow: tracking URI (null: embedded SQLite store in <run_dir>/mlflow); "
+        "tensorboard: log folder (null: <run_dir>/tensorboard).",
+    )
+    experiment: str | None = Field(None, description="MLflow experiment name (null: the pipeline's name).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"backend": data} if isinstance(data, str) else data
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from compress._utils.registry import did_you_mean
+        from compress.tracking import TRACKERS
+
+        if v not in TRACKERS:
+            names = TRACKERS.names()
+            raise ValueError(f"unknown tracking backend '{v}'{did_you_mean(v, names)}; valid: {', '.join(names)}")
+        return v
 
 
 class TargetConfig(CompressConfig):
@@ -293,6 +343,9 @@ class PipelineConfigBase(CompressConfig):
     student: StudentConfig = Field(default_factory=StudentConfig, description="How distill builds the student.")
     data: DataConfig = Field(default_factory=DataConfig, description="Task data.")
     gates: GatesConfig = Field(default_factory=GatesConfig, description="Release gates.")
+    tracking: TrackingConfig | None = Field(
+        None, description="Experiment tracking (mlflow or tensorboard); null: off."
+    )
 
     @field_validator("name")
     @classmethod

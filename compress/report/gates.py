@@ -53,7 +53,7 @@ def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[st
     """
     results: list[dict[str, Any]] = []
     targets = collect_targets(manifest)
-    per_artifact = [n for n in ("accuracy", "agreement", "size") if getattr(gates, n) is not None]
+    per_artifact = [n for n in ("accuracy", "agreement", "size", "peak_memory") if getattr(gates, n) is not None]
     for gname in per_artifact:
         if not targets:
             results.append(_gate(gname, False, None, None, f"{gname}: no validate stage measured any target"))
@@ -101,6 +101,8 @@ def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[st
                 results.append(
                     _gate(name, ok, val, gates.size.max_mb, f"{val:.4f} MB {'<=' if ok else '>'} {gates.size.max_mb} MB")
                 )
+        if gates.peak_memory is not None:
+            results.append(_peak_memory_gate(gates.peak_memory, tname, t, rel, why))
     for tname, budget in gates.latency.items():
         t = targets.get(tname)
         base = f"latency[{tname}]@{budget.batch}"
@@ -126,4 +128,29 @@ def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[st
             unit = "/s" if k == "min_throughput" else " ms"
             cmp = (">=" if ok else "<") if k == "min_throughput" else ("<=" if ok else ">")
             results.append(_gate(name, ok, round(val, 4), v, f"{t.get('release_artifact')} {key} {val:.3f}{unit} {cmp} {v}{unit}"))
+    # gates a stage declared itself (e.g. prune's latency budget): the stage measured, the run gates
+    for st in manifest.get("stages", []):
+        for g in (st.get("metrics") or {}).get("gates") or []:
+            results.append(
+                _gate(str(g["name"]), bool(g["passed"]), g.get("measured"), g.get("budget"), str(g.get("message", "")))
+            )
     return results
+
+
+def _peak_memory_gate(g: Any, tname: str, t: dict[str, Any], rel: dict[str, Any] | None, why: str) -> dict[str, Any]:
+    """``peak_memory[<target>]``: the release artifact's peak memory on a target, failing closed."""
+    name = f"peak_memory[{tname}]"
+    key = g.metric if g.metric != "auto" else ("gpu_peak_mb" if t.get("device") == "cuda" else "peak_rss_mb")
+    budget = {"max_mb": g.max_mb, "metric": key}
+    if rel is None:
+        return _gate(name, False, None, budget, why)
+    memory = rel.get("memory") or {}
+    val = memory.get(key)
+    if val is None:
+        detail = f" ({memory['gpu_method']})" if key == "gpu_peak_mb" and memory.get("gpu_method") else ""
+        return _gate(name, False, None, budget, f"{key} was not measured on '{tname}'{detail}")
+    ok = val <= g.max_mb
+    return _gate(
+        name, ok, round(val, 3), budget,
+        f"{t.get('release_artifact')} {key} {val:.1f} MB {'<=' if ok else '>'} {g.max_mb} MB",
+    )

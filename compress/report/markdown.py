@@ -1,5 +1,7 @@
 """``report.md`` and ``metrics.json``: what a person reads and what a machine reads after a run.
 
+``report.html`` (``compress.report.html``) holds the same tables plus plots.
+
 ``metrics.json`` schema (``schema: compress-metrics/1``, documented in docs/metrics.md):
 ``name``, ``verdict`` (pass|fail), ``wall_seconds``, ``teacher`` (params, macs,
 val/test accuracy), ``stages`` (id, kind, status, seconds, model metrics),
@@ -138,7 +140,10 @@ def manifest_split(manifest: dict[str, Any]) -> str:
 
 
 def write_reports(run_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write metrics.json, junit.xml and report.md (each atomically)."""
+    """Write metrics.json, junit.xml, report.md and report.html (each atomically)."""
+    from compress.report.html import render_html
+
     atomic_write_json(run_dir / "metrics.json", build_metrics(manifest))
     write_junit(run_dir / "junit.xml", str(manifest.get("name")), manifest.get("gates", []))
     atomic_write_text(run_dir / "report.md", render_markdown(manifest))
+    atomic_write_text(run_dir / "report.html", render_html(manifest))

@@ -89,11 +89,16 @@ class Session(ABC):
         formats: Artifact formats this runtime loads (``Artifact.format``: ``onnx``, ``torch``).
         devices: Devices the runtime supports at all (whether one is usable here is
             ``can_run_here``).
+        gpu_allocator: Who allocates the model's CUDA memory: ``torch`` (torch's caching
+            allocator, so ``torch.cuda.max_memory_allocated`` sees it) or ``external`` (the
+            runtime's own allocator; measured as the device's free-memory delta). Read by
+            ``compress.bench.GpuMemoryProbe``.
     """
 
     name: ClassVar[str] = ""
     formats: ClassVar[frozenset[str]] = frozenset()
     devices: ClassVar[frozenset[str]] = frozenset({"cpu"})
+    gpu_allocator: ClassVar[str] = "external"
 
     def __init__(self, *, device: str, threads: int | None, source: str, precision: str | None = None) -> None:
         self._device = device

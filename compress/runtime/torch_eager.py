@@ -48,6 +48,7 @@ class TorchSession(Session):
 
     formats = frozenset({"torch"})
     devices = frozenset({"cpu", "cuda"})
+    gpu_allocator = "torch"
 
     @classmethod
     def _can_run_here_impl(cls, device: str) -> tuple[bool, str]:

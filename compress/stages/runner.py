@@ -39,7 +39,10 @@ from compress.models import build_model, load_model, save_model
 from compress.models.registry import load_checkpoint_file, load_state_dict_checked, model_from_spec
 from compress.models.stats import count_macs, count_params
 from compress.stages.base import STAGES, Artifact, StageContext, StageResult
+from compress.tracking import open_tracker
 from compress.train import evaluate
+
+REPORT_FILES = ("report.md", "report.html", "metrics.json", "junit.xml", "manifest.json", "pipeline.yaml")
 
 MANIFEST_VERSION = 1
 
@@ -365,6 +368,7 @@ def run_pipeline(
             "artifacts": {},
         }
         eval_bs = cfg.data.eval_batch_size
+        tracker = open_tracker(cfg.tracking, run_dir, run_name=cfg.name, params=dump_config(cfg))  # tracking hook
         manifest["teacher"] = {"initial": _model_metrics(teacher, data, eval_bs)}
         model = copy.deepcopy(teacher)
         artifacts: dict[str, Artifact] = {}
@@ -488,6 +492,7 @@ def run_pipeline(
                 }
             )
             atomic_write_json(run_dir / "manifest.json", manifest)
+            tracker.log_stage(sid, status, record["metrics"])  # tracking hook
             reporter.line(_summary_line(i, len(cfg.stages), sid, status, record))
         manifest["teacher"]["final"] = _model_metrics(teacher, data, eval_bs)
         gates = evaluate_gates(cfg.gates, manifest)
@@ -496,6 +501,8 @@ def run_pipeline(
         manifest["wall_seconds"] = round(time.perf_counter() - t_start, 2)
         atomic_write_json(run_dir / "manifest.json", manifest)
         write_reports(run_dir, manifest)
+        tracker.log_gates(gates, manifest["verdict"], [run_dir / f for f in REPORT_FILES])  # tracking hook
+        tracker.close()  # tracking hook
         exit_code = 0 if manifest["verdict"] == "pass" else 1
         return RunOutcome(run_dir=run_dir, exit_code=exit_code, gates=gates, manifest=manifest)
 

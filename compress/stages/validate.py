@@ -9,8 +9,14 @@ with one runtime and the same shapes for every model:
 * every artifact of a format the runtime loads is measured: accuracy and top-1
   agreement with the teacher's predictions on the whole ``split`` (batched at the
   largest timed batch size), file size, host memory around loading and one
-  largest batch (``compress.bench.measure_memory``), and latency per batch size
-  (``compress.bench.measure_latency``, inputs drawn from the split and rotated).
+  largest batch (``compress.bench.measure_memory``), peak GPU memory from load to
+  the end of timing on CUDA targets (``compress.bench.GpuMemoryProbe``; ``None`` with
+  the reason on CPU targets), latency per batch size
+  (``compress.bench.measure_latency``, inputs drawn from the split and rotated; CUDA
+  events on GPU, ``perf_counter`` on CPU, recorded as ``clock``), and the roofline
+  floor per batch size (``compress.bench.roofline``: FLOPs from the model's MACs, the
+  teacher's for the teacher and the exported model's for every artifact, weights at
+  the precision the model runs in, over the target device's measured rates).
 
 A target whose runtime cannot run on this machine (no GPU, package or provider
 missing) is recorded with ``ran: false`` and the reason instead of failing the
@@ -25,8 +31,11 @@ Metrics (read by the gates and the report)::
         "ran": true, "reason": null, "runtime": "onnxruntime", "device": "cpu", "threads": 2,
         "release_artifact": "onnx-int8-u8",            # + "release_missing": "<why>" when absent
         "models": {"teacher": {"accuracy": 0.97, "agreement": 1.0, "size_mb": 0.41,
-                               "memory": {"rss_delta_mb": .., "peak_rss_mb": ..},
-                               "latency": {"1": {"p50_ms": .., ...}, "32": {...}},
+                               "memory": {"rss_delta_mb": .., "peak_rss_mb": ..,
+                                          "gpu_peak_mb": null, "gpu_method": "not applicable: ..."},
+                               "latency": {"1": {"p50_ms": .., ..., "clock": "perf_counter"}, "32": {...}},
+                               "roofline": {"macs_per_example": .., "bytes_moved": ..,
+                                            "by_batch": {"32": {"floor_ms": .., "p95_over_floor": ..}}},
                                "path": "stages/05-validate/teacher.fp32.onnx", "precision": "fp32"},
                    "onnx-fp32": {...}, "onnx-int8-u8": {...}}}}}
 
@@ -49,7 +58,7 @@ import torch
 from pydantic import Field, field_validator
 
 from compress._utils.registry import did_you_mean
-from compress.bench import measure_latency, measure_memory
+from compress.bench import GpuMemoryProbe, device_rates, measure_latency, measure_memory, model_roofline, weight_bytes
 from compress.errors import BadInputError, CompressError, ConfigError, UnknownNameError
 from compress.export import export_onnx
 from compress.export.parity import as_numpy_input
@@ -75,6 +84,10 @@ class ValidateStageConfig(StageConfig):
         None, ge=1, description="Timed runs per batch size, overriding the targets'."
     )
     warmup: int | None = Field(None, ge=0, description="Untimed runs before timing, overriding the targets'.")
+    roofline: bool = Field(
+        True,
+        description="Measure the device's matrix and copy rates once and report each model's roofline floor.",
+    )
 
     @field_validator("targets")
     @classmethod
@@ -184,7 +197,7 @@ class ValidateStage(Stage):
         }
         models: list[tuple[str, Any, str | None, str]] = []  # (name, source, path rel. to run dir, precision)
         try:
-            tsrc, tpath = self._teacher_source(ctx, runtime, teacher_sources)
+            tsrc, tpath = self._teacher_source(ctx, runtime, teacher_sources, batch_sizes)
             models.append((TEACHER, tsrc, tpath, "fp32"))
         except CompressError as e:
             out["models"][TEACHER] = {"error": str(e)}
@@ -193,6 +206,7 @@ class ValidateStage(Stage):
             if art.format in runtime.formats:
                 models.append((art.name, ctx.run_dir / art.path, art.path, art.precision))
 
+        costs = self._costs(ctx) if cfg.roofline else {}
         teacher_preds: np.ndarray | None = None
         for model_name, source, rel_path, precision in models:
             try:
@@ -210,6 +224,12 @@ class ValidateStage(Stage):
             entry["size_mb"] = _size_mb(source)
             entry["path"] = rel_path
             entry["precision"] = precision
+            if cfg.roofline:
+                # the precision the model computes in: torch-family runtimes cast to the target's
+                compute_precision = run_precision if "torch" in runtime.formats else precision
+                entry["roofline"] = _roofline(
+                    costs.get(TEACHER if model_name == TEACHER else "model"), entry["latency"], t, compute_precision
+                )
             out["models"][model_name] = _ordered(entry)
             big = str(max(batch_sizes))
             agreement = "n/a" if entry["agreement"] is None else f"{entry['agreement']:.4f}"
@@ -220,12 +240,33 @@ class ValidateStage(Stage):
             )
         return out
 
+    def _costs(self, ctx: StageContext) -> dict[str, tuple[int, int] | str]:
+        """(MACs per example, parameters) of the teacher and of the exported model, or why not."""
+        from compress.models.stats import count_macs, count_params
+
+        out: dict[str, tuple[int, int] | str] = {}
+        for key, model in ((TEACHER, ctx.teacher), ("model", ctx.model)):
+            try:
+                out[key] = (count_macs(model, ctx.example_inputs(1)), count_params(model))
+            except Exception as e:  # a model the FLOP counter cannot trace: the floor is just not reported
+                out[key] = f"MACs could not be counted: {type(e).__name__}: {e}"
+        return out
+
     def _teacher_source(
-        self, ctx: StageContext, runtime: type[Session], cache: dict[str, Any]
+        self, ctx: StageContext, runtime: type[Session], cache: dict[str, Any], batch_sizes: list[int]
     ) -> tuple[Any, str | None]:
-        """The teacher in a form ``runtime`` loads: the module (torch) or an FP32 ONNX file."""
+        """The teacher in a form ``runtime`` loads: the module (torch), an FP32 ONNX file or an FP32 engine."""
         if "torch" in runtime.formats:
             return ctx.teacher, None
+        if "tensorrt" in runtime.formats:
+            key = f"engine@{batch_sizes}"
+            if key not in cache:
+                from compress.export.tensorrt import build_teacher_engine
+
+                cache[key] = build_teacher_engine(
+                    ctx.teacher, ctx.stage_dir / "teacher-trt", ctx.example_inputs(2), batch_sizes=batch_sizes
+                ).plan_path
+            return cache[key], _relative(cache[key], ctx.run_dir)
         if "onnx" in runtime.formats:
             if "onnx" not in cache:
                 path = export_onnx(ctx.teacher, ctx.stage_dir / TEACHER_ONNX, ctx.example_inputs(2))
@@ -276,6 +317,8 @@ def _measure_model(
     """Load one model and measure memory, accuracy and latency; return metrics and predictions."""
     largest = max(timing["batch_sizes"])
     holder: list[Session] = []
+    gpu = GpuMemoryProbe(device, runtime.gpu_allocator)
+    gpu.start()
 
     def load_and_run_largest() -> None:
         sess = runtime.load(source, device=device, threads=threads, precision=precision)
@@ -305,6 +348,7 @@ def _measure_model(
             iterations=timing["iterations"],
             repeats=timing["repeats"],
         )
+        memory.update(gpu.stop())
     finally:
         sess.close()
     entry = {
@@ -313,6 +357,25 @@ def _measure_model(
         "latency": {str(b): s.to_dict() for b, s in stats.items()},
     }
     return entry, preds
+
+
+def _roofline(
+    cost: tuple[int, int] | str | None, latency: dict[str, Any], target: Any, precision: str | None
+) -> dict[str, Any]:
+    """Roofline of one model on ``target`` (see ``compress.bench.roofline``), or why it is missing."""
+    if not isinstance(cost, tuple):
+        return {"unavailable": cost or "MACs unknown"}
+    macs, params = cost
+    flops_rate, copy_rate = device_rates(target.device, precision, threads=target.threads)
+    out = model_roofline(
+        macs_per_example=macs,
+        bytes_moved=weight_bytes(params, precision),
+        latency=latency,
+        matmul_flops_per_s=flops_rate,
+        copy_bytes_per_s=copy_rate,
+    )
+    out["gemm_precision"] = "fp32" if target.device == "cpu" else (precision or "fp32")
+    return out
 
 
 def _single_input(sess: Session) -> str:
@@ -339,5 +402,5 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _ordered(entry: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "agreement", "size_mb", "memory", "latency", "path", "precision")
+    keys = ("accuracy", "agreement", "size_mb", "memory", "latency", "roofline", "path", "precision")
     return {k: entry[k] for k in keys if k in entry} | {k: v for k, v in entry.items() if k not in keys}

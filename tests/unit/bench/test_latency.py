@@ -132,8 +132,9 @@ def test_to_dict_keys() -> None:
     d = LatencyStats.from_samples(2, [[1.0, 2.0]]).to_dict()
     assert list(d) == [
         "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
-        "throughput_per_s", "iterations", "repeats", "p50_spread_ms",
+        "throughput_per_s", "iterations", "repeats", "p50_spread_ms", "clock",
     ]  # fmt: skip
+    assert d.pop("clock") == "perf_counter"
     assert all(isinstance(v, (int, float)) for v in d.values())
 
 

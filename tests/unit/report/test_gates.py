@@ -95,3 +95,50 @@ def test_markdown_report_shows_verdict_and_tables():
     assert "**Verdict: FAIL**: 0 of 1 gates passed." in text
     assert "| size[cpu-ort] | FAIL |" in text
     assert "## Target `cpu-ort`" in text and "| onnx-int8-u8 | 0.9500 |" in text
+
+
+def _with_memory(m, memory, device="cpu"):
+    t = m["stages"][0]["metrics"]["targets"]["cpu-ort"]
+    t["device"] = device
+    t["models"]["onnx-int8-u8"]["memory"] = memory
+    return m
+
+
+def test_peak_memory_uses_host_rss_on_cpu_and_gpu_peak_on_cuda():
+    cpu = _with_memory(manifest(), {"rss_delta_mb": 3.0, "peak_rss_mb": 400.0, "gpu_peak_mb": None, "gpu_method": "not applicable: cpu"})
+    r = evaluate_gates(gates(peak_memory={"max_mb": 500}), cpu)[0]
+    assert (r["name"], r["passed"], r["measured"]) == ("peak_memory[cpu-ort]", True, 400.0)
+    assert r["budget"] == {"max_mb": 500, "metric": "peak_rss_mb"}
+    assert not evaluate_gates(gates(peak_memory={"max_mb": 300}), cpu)[0]["passed"]
+    assert evaluate_gates(gates(peak_memory={"max_mb": 5, "metric": "rss_delta_mb"}), cpu)[0]["passed"]
+    gpu = _with_memory(manifest(), {"peak_rss_mb": 900.0, "gpu_peak_mb": 120.0, "gpu_method": "device_free_delta"}, "cuda")
+    r = evaluate_gates(gates(peak_memory={"max_mb": 100}), gpu)[0]
+    assert not r["passed"] and r["measured"] == 120.0 and "gpu_peak_mb 120.0 MB > 100" in r["message"]
+
+
+def test_peak_memory_fails_closed_when_missing():
+    # the GPU metric asked for on a CPU target: missing, with the probe's reason
+    cpu = _with_memory(manifest(), {"peak_rss_mb": 400.0, "gpu_peak_mb": None, "gpu_method": "not applicable: cpu"})
+    r = evaluate_gates(gates(peak_memory={"max_mb": 1e6, "metric": "gpu_peak_mb"}), cpu)[0]
+    assert not r["passed"] and r["measured"] is None and "not applicable" in r["message"]
+    # an old run without memory numbers at all
+    r = evaluate_gates(gates(peak_memory={"max_mb": 1e6}), manifest())[0]
+    assert not r["passed"] and "peak_rss_mb was not measured" in r["message"]
+    # a target that did not run, and no validation at all
+    assert "did not run" in evaluate_gates(gates(peak_memory={"max_mb": 1e6}), manifest(ran=False))[0]["message"]
+    res = evaluate_gates(gates(peak_memory={"max_mb": 1e6}), {"stages": []})
+    assert len(res) == 1 and not res[0]["passed"]
+
+
+def test_a_gate_a_stage_declared_is_judged_with_the_others():
+    """prune's latency budget: the stage measures it and records a gate; an unmet budget fails the run."""
+    m = manifest()
+    gate = {"name": "prune.latency[cpu-ort]@32.p95_ms", "passed": False, "measured": 7.5, "budget": 5.0,
+            "message": "p95 7.5 ms > 5.0 ms after pruning to the MAC limit"}
+    m["stages"].insert(0, {"id": "03-prune", "kind": "prune", "status": "ran", "metrics": {"gates": [gate]}})
+    res = by_name(evaluate_gates(gates(agreement={"min": 0.9}), m))
+    assert res["prune.latency[cpu-ort]@32.p95_ms"]["passed"] is False
+    assert res["prune.latency[cpu-ort]@32.p95_ms"]["measured"] == 7.5
+    assert res["agreement[cpu-ort]"]["passed"] is True
+    gate["passed"] = True
+    assert all(r["passed"] for r in evaluate_gates(gates(agreement={"min": 0.9}), m))

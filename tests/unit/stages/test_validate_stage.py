@@ -20,7 +20,7 @@ from tests._helpers.models import Recorder, digits, tiny_vit
 
 STATS_KEYS = {
     "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
-    "throughput_per_s", "iterations", "repeats", "p50_spread_ms",
+    "throughput_per_s", "iterations", "repeats", "p50_spread_ms", "clock",
 }  # fmt: skip
 
 
@@ -79,12 +79,20 @@ def test_metrics_layout_accuracy_and_agreement(run: dict[str, Any]) -> None:
     for name, m in t["models"].items():
         assert m["accuracy"] == pytest.approx(torch_acc, abs=1e-6), name
         assert m["agreement"] == 1.0, name
-        assert set(m["memory"]) == {"rss_delta_mb", "peak_rss_mb"}
+        assert set(m["memory"]) == {"rss_delta_mb", "peak_rss_mb", "gpu_peak_mb", "gpu_method"}
         assert list(m["latency"]) == ["1", "8"]
         for stats in m["latency"].values():
             assert set(stats) == STATS_KEYS
             assert stats["iterations"] == 3
             assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p95_ms"] <= stats["max_ms"]
+            assert stats["clock"] == "perf_counter"
+        assert m["memory"]["gpu_peak_mb"] is None and m["memory"]["gpu_method"].startswith("not applicable")
+        roof = m["roofline"]
+        assert list(roof["by_batch"]) == ["1", "8"] and roof["gemm_precision"] == "fp32"
+        assert roof["by_batch"]["8"]["flops"] == 2 * roof["macs_per_example"] * 8 > 0
+        assert roof["by_batch"]["8"]["p95_over_floor"] == pytest.approx(
+            m["latency"]["8"]["p95_ms"] / roof["by_batch"]["8"]["floor_ms"]
+        )
     teacher_file = ctx.stage_dir / "teacher.fp32.onnx"
     assert t["models"]["teacher"]["path"] == "stages/03-validate/teacher.fp32.onnx"
     assert t["models"]["teacher"]["size_mb"] == teacher_file.stat().st_size / 1e6

@@ -1,0 +1,224 @@
+"""Benchmark one artifact alone on one deploy target (what ``compress bench`` runs).
+
+The artifact's format comes from its file name: ``.onnx`` (ONNX), ``.engine`` / ``.plan``
+(TensorRT), ``.pt`` / ``.pth`` (a compress model file: architecture spec + state dict, as
+``compress.models.save_model`` writes). The target (a ``TargetConfig``) picks runtime, device,
+threads, precision, batch sizes and timing; its runtime must load that format.
+
+Inputs are synthetic, drawn once with a fixed seed and rotated like the validate stage's:
+float inputs standard normal; integer inputs token ids in ``[0, 100)``, except inputs whose name
+contains ``mask`` (all ones) or ``type`` (all zeros). Axis 0 of every input is the batch; any
+other symbolic axis (a sequence length) takes ``seq_len``; a torch model that declares no input
+shape (a text model without ``example_inputs``) gets int64 token ids of shape ``(batch, seq_len)``. Timing, memory and the roofline are
+measured exactly as in the validate stage (``measure_latency``, ``measure_memory``,
+``GpuMemoryProbe``, ``compress.bench.roofline``). The roofline needs the MACs: they are counted
+for a torch artifact, and taken from ``macs_per_example`` for ONNX and TensorRT files (which
+cannot be counted here); weight bytes are the parameters at the target's precision for torch and
+the file size for the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.bench.latency import measure_latency
+from compress.bench.memory import GpuMemoryProbe, measure_memory
+from compress.bench.roofline import device_rates, model_roofline, weight_bytes
+from compress.errors import BadInputError
+
+FORMAT_OF_SUFFIX = {
+    ".onnx": "onnx",
+    ".engine": "tensorrt",
+    ".plan": "tensorrt",
+    ".pt": "torch",
+    ".pth": "torch",
+}
+"""Artifact format by file suffix."""
+
+
+def artifact_format(path: Path) -> str:
+    """The artifact format of ``path`` from its suffix.
+
+    Raises:
+        BadInputError: The suffix is not one compress benchmarks.
+
+    Example:
+        >>> artifact_format(Path("model.int8.onnx"))
+        'onnx'
+    """
+    fmt = FORMAT_OF_SUFFIX.get(path.suffix.lower())
+    if fmt is None:
+        raise BadInputError(
+            f"ARTIFACT: {path}: unknown artifact type '{path.suffix}'; expected one of "
+            f"{', '.join(sorted(FORMAT_OF_SUFFIX))} (ONNX, TensorRT engine, compress model file)"
+        )
+    return fmt
+
+
+def bench_artifact(
+    path: Path,
+    target: Any,
+    *,
+    batch_sizes: Sequence[int] | None = None,
+    warmup: int | None = None,
+    iterations: int | None = None,
+    repeats: int | None = None,
+    seq_len: int | None = None,
+    macs_per_example: int | None = None,
+    roofline: bool = True,
+) -> dict[str, Any]:
+    """Measure one artifact on one target: latency per batch size, memory, roofline.
+
+    Args:
+        path: The artifact file.
+        target: A ``compress.config.schema.TargetConfig``.
+        batch_sizes: Batch sizes to time; ``None``: the target's.
+        warmup: Untimed calls per batch size; ``None``: the target's.
+        iterations: Timed calls per batch size; ``None``: the target's.
+        repeats: Timing sweeps; ``None``: the target's.
+        seq_len: Size of every symbolic input axis other than the batch (sequence length).
+        macs_per_example: MACs of one example, for the roofline of ONNX and TensorRT artifacts.
+        roofline: Measure the device rates and report the roofline floor.
+
+    Returns:
+        ``{"artifact", "format", "target", "runtime", "device", "threads", "precision", "inputs",
+        "memory", "latency": {batch: stats}, "roofline"}`` (JSON-ready).
+
+    Raises:
+        BadInputError: Missing file, unknown type, a runtime that does not load the format, a
+            symbolic axis without ``seq_len``, or an artifact the runtime cannot load.
+        MissingDependency: The target's runtime cannot run on this machine (the message says why).
+
+    Example:
+        >>> out = bench_artifact(Path("artifacts/model.int8.onnx"), load_target("deploy/cpu-ort.yaml"),
+        ...                      batch_sizes=[1, 32])  # doctest: +SKIP
+        >>> out["latency"]["32"]["p95_ms"]  # doctest: +SKIP
+        1.4
+    """
+    from compress.runtime import RUNTIMES
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(
+            f"ARTIFACT: {path} does not exist; give the path of an .onnx, .engine or .pt file"
+        )
+    fmt = artifact_format(path)
+    runtime = RUNTIMES.get(target.runtime)
+    if fmt not in runtime.formats:
+        raise BadInputError(
+            f"--target {target.name}: runtime '{target.runtime}' loads {', '.join(sorted(runtime.formats))} "
+            f"artifacts, not {fmt} ({path.name}); pick a target whose runtime loads {fmt} (`compress targets`)"
+        )
+    sizes = list(dict.fromkeys(batch_sizes or target.batch_sizes))
+    if any(b < 1 for b in sizes):
+        raise BadInputError(f"--batch: batch sizes must be >= 1, got {sizes}")
+    if seq_len is not None and seq_len < 1:
+        raise BadInputError(f"--seq-len: must be >= 1, got {seq_len}")
+
+    gpu = GpuMemoryProbe(target.device, runtime.gpu_allocator)
+    gpu.start()
+    holder: list[Any] = []
+    memory = measure_memory(
+        lambda: holder.append(
+            runtime.load(path, device=target.device, threads=target.threads, precision=target.precision)
+        )
+    )
+    sess = holder[0]
+    try:
+        make = _input_maker(sess, seq_len)
+        stats = measure_latency(
+            sess,
+            make,
+            batch_sizes=sizes,
+            warmup=target.warmup if warmup is None else warmup,
+            iterations=target.iterations if iterations is None else iterations,
+            repeats=target.repeats if repeats is None else repeats,
+        )
+        memory.update(gpu.stop())
+        inputs = [s.to_dict() for s in sess.inputs]
+    finally:
+        sess.close()
+    latency = {str(b): s.to_dict() for b, s in stats.items()}
+    out: dict[str, Any] = {
+        "artifact": str(path),
+        "format": fmt,
+        "target": target.name,
+        "runtime": target.runtime,
+        "device": target.device,
+        "threads": target.threads,
+        "precision": target.precision,
+        "inputs": inputs,
+        "memory": memory,
+        "latency": latency,
+    }
+    if roofline:
+        out["roofline"] = _roofline(path, fmt, target, latency, macs_per_example)
+    return out
+
+
+def _roofline(path: Path, fmt: str, target: Any, latency: dict[str, Any], macs: int | None) -> dict[str, Any]:
+    if fmt == "torch":
+        from compress.models import load_model
+        from compress.models.stats import count_macs, count_params
+
+        model = load_model(path)
+        if macs is None:
+            if not hasattr(model, "example_inputs"):
+                return {"unavailable": "the model has no example_inputs() to count MACs with; pass --macs"}
+            macs = count_macs(model, model.example_inputs(1))
+        moved = weight_bytes(count_params(model), target.precision)
+    else:
+        if macs is None:
+            return {
+                "unavailable": f"MACs of a {fmt} file are not counted here; pass --macs (e.g. from the run's report)"
+            }
+        moved = float(path.stat().st_size)
+    rates = device_rates(target.device, target.precision, threads=target.threads)
+    return model_roofline(
+        macs_per_example=macs,
+        bytes_moved=moved,
+        latency=latency,
+        matmul_flops_per_s=rates[0],
+        copy_bytes_per_s=rates[1],
+    )
+
+
+def _input_maker(sess: Any, seq_len: int | None) -> Callable[[int], dict[str, np.ndarray]]:
+    specs = list(sess.inputs)
+    for i, s in enumerate(specs):
+        if s.shape is None:
+            if seq_len is None:
+                raise BadInputError(
+                    f"{sess.source}: input '{s.name}' has no declared shape (a model without example_inputs, "
+                    "e.g. a Hugging Face text model); give --seq-len N to feed token ids of shape (batch, N)"
+                )
+            # a torch model of unknown input: token ids (batch, seq_len), the text models' input
+            specs[i] = type(s)(s.name, ("batch", "sequence"), "int64")
+            continue
+        for axis, d in enumerate(s.shape[1:], start=1):
+            if isinstance(d, str) and seq_len is None:
+                raise BadInputError(
+                    f"{sess.source}: input '{s.name}' axis {axis} is symbolic ('{d}'); give its size with --seq-len N"
+                )
+    rng = np.random.default_rng(0)
+
+    def make(batch: int) -> dict[str, np.ndarray]:
+        feeds: dict[str, np.ndarray] = {}
+        for s in specs:
+            shape = (batch, *(d if isinstance(d, int) else seq_len for d in s.shape[1:]))  # type: ignore[union-attr]
+            dtype = np.dtype(s.dtype or "float32")
+            if dtype.kind == "f":
+                feeds[s.name] = rng.standard_normal(shape).astype(dtype)
+            elif "mask" in s.name:
+                feeds[s.name] = np.ones(shape, dtype)
+            elif "type" in s.name:
+                feeds[s.name] = np.zeros(shape, dtype)
+            else:
+                feeds[s.name] = rng.integers(0, 100, shape).astype(dtype)
+        return feeds
+
+    return make
