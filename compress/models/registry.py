@@ -88,7 +88,7 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     }
 
 
-_TRANSFORM_PROVIDERS = ("compress.quant", "compress.models.hf_attention")
+_TRANSFORM_PROVIDERS = ("compress.quant", "compress.models.hf_attention", "compress.models.timm_attention")
 """Packages that register transforms; imported before a spec's transforms are replayed, so
 ``load_model`` works without the caller importing them first."""
 

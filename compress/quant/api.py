@@ -27,7 +27,7 @@ from torch import nn
 
 from compress._utils.registry import Registry
 from compress.models import record_transform, register_transform
-from compress.models.hf_attention import expose_attention
+from compress.models.exposed import expose
 from compress.models.layers import MatMul
 from compress.quant import _ternary as _ternary  # registers weights.scheme 'twn'
 from compress.quant.bn_fold import fold_batchnorm
@@ -106,7 +106,7 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
     replaced: ``nn.Linear`` by ``QuantLinear`` (parameters shared, state-dict
     keys kept) and, with ``quantize_attention_matmuls``, ``MatMul`` by
     ``QuantMatMul`` (a Hugging Face BERT-family model first gets its attention
-    exposed as modules: ``compress.models.hf_attention``). Each module gets ``cfg.for_module(name)``: the first
+    exposed as modules: ``compress.models.exposed``). Each module gets ``cfg.for_module(name)``: the first
     override whose pattern equals its qualified name, else the first whose
     glob matches, else the defaults; an override with ``quantize: false``
     leaves the module in floating point. The transform is recorded as ``qat`` so ``load_model``
@@ -137,7 +137,7 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
     if cfg.fold_batchnorm:
         fold_batchnorm(model)  # CNNs: conv + BN -> conv (no-op without such pairs)
     if cfg.quantize_attention_matmuls:
-        expose_attention(model)  # HF BERT family: Q·Kᵀ and probs·V become MatMul modules (no-op otherwise)
+        expose(model)  # HF BERT family, timm ViT: Q·Kᵀ and probs·V become MatMul modules (no-op otherwise)
     rules = [rule for _, rule in QUANT_MODULES.items() if rule.applies(cfg)]
     by_type = {rule.source: rule for rule in rules}
     targets = [

@@ -64,7 +64,7 @@ from compress._utils.io import atomic_torch_save, sha256_json
 from compress._utils.progress import SILENT, Reporter
 from compress._utils.registry import Registry
 from compress.data.base import TaskData
-from compress.models.hf_attention import expose_attention
+from compress.models.exposed import expose
 from compress.distill.features import Side, Tap, capture_features, first_tensor
 from compress.distill.layouts import find_layout
 from compress.distill.losses import soft_cross_entropy
@@ -188,6 +188,41 @@ def _hf_bert_layout(model: nn.Module) -> list[AttentionLayout] | None:
                 probs=f"{sa}.softmax",
                 after_attention=f"{ao}.LayerNorm",
                 after_attention_side="output",
+            )
+        )
+    return out
+
+
+@ATTENTION_LAYOUTS.register("timm-vit")
+def _timm_vit_layout(model: nn.Module) -> list[AttentionLayout] | None:
+    """timm ViT with exposed attention (``compress.models.timm_attention``), any prefix.
+
+    Per block ``B = *blocks.<i>``: Q/K/V inputs ``B.attn.{q,k,v}_in`` (the fused ``qkv`` then runs per
+    input when some are detached), output projection ``B.attn.proj``, scores ``B.attn.qk``,
+    probabilities ``B.attn.softmax``, and the pre-LN residual after attention = the input of
+    ``B.norm2``. ``None`` when the model is not a timm ViT or its attention is not exposed.
+    """
+    layout = find_layout(model)
+    if layout is None or layout.name != "timm-vit":
+        return None
+    mods = dict(model.named_modules())
+    out = []
+    for lay in layout.layers:
+        b = lay.hidden.module
+        a = f"{b}.attn"
+        needed = (f"{a}.q_in", f"{a}.qk", f"{a}.softmax", f"{a}.proj", f"{b}.norm2")
+        if not all(n in mods for n in needed):
+            return None
+        out.append(
+            AttentionLayout(
+                block=b,
+                q=f"{a}.q_in",
+                k=f"{a}.k_in",
+                v=f"{a}.v_in",
+                o=f"{a}.proj",
+                scores=f"{a}.qk",
+                probs=f"{a}.softmax",
+                after_attention=f"{b}.norm2",
             )
         )
     return out
@@ -437,7 +472,7 @@ class InterventionObjective:
         extra: LossFn | None = None,
         mode: StepMode = "none",
     ) -> None:
-        expose_attention(teacher)  # BERT family: attention signals as modules (no-op otherwise)
+        expose(teacher)  # BERT family, timm ViT: attention signals as modules (no-op otherwise)
         self.teacher = teacher.eval()
         self.losses = losses
         self.extra = extra
@@ -657,7 +692,7 @@ def train_with_intervention(
     n = train.epochs * spe if total_steps is None else total_steps
     s = ti.step1_steps(n)
     schedule = intervention_schedule(ti.mode, s, n)
-    expose_attention(student)  # the TI teacher is exposed by the objective; both must match
+    expose(student)  # the TI teacher is exposed by the objective; both must match
     objective = InterventionObjective(teacher, ti.losses, extra=extra_loss)
     if ti.mode not in ("none", "block_input") and objective.layout is None:
         raise ValueError(

@@ -270,21 +270,78 @@ def test_block_input_intervention_on_resnet_stages_is_exact_and_cuts_the_path():
     assert torch.count_nonzero(g["net.conv1.weight"]) == 0
 
 
-def test_block_input_intervention_on_a_timm_vit():
+def _timm_vit(seed: int = 0) -> nn.Module:
     pytest.importorskip("timm")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     kwargs = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 4}
-    teacher = build_model(
+    return build_model(
         "timm", {"arch": "vit_tiny_patch16_224", "num_classes": 10, "in_chans": 1, "kwargs": kwargs}
     ).eval()
-    x = torch.randn(4, 1, 16, 16)
+
+
+def test_timm_vit_exposed_attention_keeps_the_function_and_every_mode_is_exact(tmp_path):
+    from compress.models.exposed import expose
+
+    teacher = _timm_vit()
+    x = torch.randn(8, 1, 16, 16)
+    ref = teacher(x)
     assert block_names(teacher) == ["net.blocks.0", "net.blocks.1"]
-    assert find_attention_layout(teacher) is None  # timm's attention is not exposed: block_input only
-    student = _quantized(teacher, x, QuantConfig(quantize_attention_matmuls=False))
+    assert find_attention_layout(teacher) is None  # not exposed yet
+    exposed = copy.deepcopy(teacher)
+    assert expose(exposed) == 2 and expose(exposed) == 0
+    torch.testing.assert_close(exposed(x), ref, atol=1e-5, rtol=1e-5)
+    lay = find_attention_layout(exposed)
+    assert lay is not None and lay[0].o == "net.blocks.0.attn.proj" and lay[0].after_attention == "net.blocks.0.norm2"
+    student = _quantized(teacher, x)
+    assert "net.blocks.1.attn.qk" in quantized_modules(student)
     set_quant_enabled_(student, False)
     student.eval()
     obj = InterventionObjective(copy.deepcopy(teacher), ALL_TERMS)
     t_logits, t_feats = obj.capture_teacher(x)
-    assert torch.equal(obj.student_forward(student, x, t_feats, "block_input")[0], t_logits)
-    with pytest.raises(ValueError, match="use mode block_input"):
-        obj.student_forward(student, x, t_feats, "map")
+    for mode in STEP_MODES:
+        logits, _ = obj.student_forward(student, x, t_feats, mode)
+        torch.testing.assert_close(logits, t_logits, atol=1e-5, rtol=1e-5, msg=mode)
+    set_quant_enabled_(student, True)
+    save_model(student, tmp_path / "q.pt")
+    r = load_model(tmp_path / "q.pt").eval()
+    assert torch.equal(r(x), student.eval()(x))
+
+
+def test_timm_vit_gradient_masks_follow_the_papers_rules():
+    """Fused qkv: under TI-O its weight gets gradient only from the score loss (Q/K rows), V rows none."""
+    teacher = _timm_vit()
+    x = torch.randn(8, 1, 16, 16)
+    student = _quantized(teacher, x)
+    full = _grads(teacher, student, x, "output", ALL_TERMS)
+    scores_only = _grads(teacher, student, x, "output", ONLY_SCORES)
+    d = 32
+    for i in range(2):
+        w = f"net.blocks.{i}.attn.qkv.weight"
+        assert torch.count_nonzero(full[w][2 * d :]) == 0  # V rows
+        assert torch.count_nonzero(full[f"net.blocks.{i}.attn.proj.weight"]) == 0
+        assert torch.count_nonzero(full[w][: 2 * d]) > 0
+        torch.testing.assert_close(full[w][: 2 * d], scores_only[w][: 2 * d], atol=1e-6, rtol=1e-4)
+    mapped = _grads(teacher, student, x, "map", ALL_TERMS)
+    assert torch.count_nonzero(mapped["net.blocks.1.attn.qkv.weight"][2 * d :]) > 0  # V trains under TI-M
+    # block_input needs no attention layout at all
+    obj = InterventionObjective(copy.deepcopy(teacher), ALL_TERMS)
+    _, t_feats = obj.capture_teacher(x)
+    obj.student_forward(student, x, t_feats, "block_input")
+
+
+def test_exposed_timm_vit_exports_to_qdq_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from compress.export import export_onnx_qdq
+
+    teacher = _timm_vit()
+    x = torch.randn(16, 1, 16, 16)
+    q = _quantized(teacher, x).eval()
+    path = export_onnx_qdq(q, tmp_path / "q.onnx", x[:2])
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    # per block qkv (once: the exposed forward runs the fused projection once), qk, pv, proj, fc1, fc2; + head
+    assert ops.count("MatMul") + ops.count("Gemm") == 2 * 6 + 1
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert (out.argmax(1) == q(x).argmax(1).numpy()).mean() >= 0.875
