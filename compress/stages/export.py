@@ -69,6 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
@@ -538,14 +539,15 @@ def _write_torch(ctx: StageContext, rel_dir: Path, x_par: Any, bs: int, fail: An
     plain = plain_float_copy(src)
     path = ctx.artifacts_dir / "model.pt"
     save_model(plain, path)
-    par = compare_outputs(
-        predict(load_model(path), x_par, batch_size=bs).numpy(),
-        predict(src, x_par, batch_size=bs).numpy(),
-        what=str(path),
-    )
-    if par["max_abs_error"] > 1e-5:
+    ref = predict(src, x_par, batch_size=bs).numpy()
+    par = compare_outputs(predict(load_model(path), x_par, batch_size=bs).numpy(), ref, what=str(path))
+    # float rounding only: the same weights, possibly another attention kernel (an exposed attention's
+    # source vs the plain reloaded model) or TF32 on a GPU; measured 1.5e-5 on MiniLM logits on an H100
+    tol = 1e-4 * max(1.0, float(np.abs(ref).max()))
+    if par["max_abs_error"] > tol or par["top1_agreement"] < 1.0:
         raise fail(
-            f"{TORCH_FORMAT}: the reloaded float model differs from its source (max abs error {par['max_abs_error']:.3g})"
+            f"{TORCH_FORMAT}: the reloaded float model differs from its source (max abs error "
+            f"{par['max_abs_error']:.3g} > {tol:.3g}, top-1 agreement {par['top1_agreement']:.4f})"
         )
     return Artifact(
         name=TORCH_FORMAT,

@@ -169,3 +169,17 @@ def test_ort_kernel_mismatch_warns_but_passes(setup, monkeypatch):
     )
     assert res.artifacts[0].meta["ort_cpu_parity"]["top1_agreement"] == 0.5
     assert any("onnx-int8-u8" in line and "bits: 7" in line for line in rec.lines)
+
+
+def test_torch_fp32_is_the_float_model_reloaded_and_checked(setup):
+    """torch-fp32: fake quantizers removed, saved as spec + state dict, reloaded and compared with its source."""
+    run_dir = setup["root"] / "torch"
+    res = ExportStage().run(_ctx(run_dir, setup["data"], setup["qat"]), ExportStageConfig(formats=["torch-fp32"]))
+    (art,) = res.artifacts
+    assert (art.name, art.format, art.path) == ("torch-fp32", "torch", "artifacts/model.pt")
+    from compress.models import load_model
+    from compress.quant import is_quantized
+
+    assert not is_quantized(load_model(run_dir / art.path))
+    assert art.meta["parity"]["top1_agreement"] == 1.0
+    assert art.meta["parity"]["max_abs_error"] <= 1e-4
