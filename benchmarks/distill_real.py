@@ -110,6 +110,28 @@ def _run(doc: dict[str, Any], folder: Path) -> tuple[dict[str, Any], float]:
     return manifest, wall
 
 
+def finetune_teacher(
+    task: str, spec: dict[str, Any], data: dict[str, Any], train: dict[str, Any], work: Path
+) -> tuple[dict[str, Any], float, Path]:
+    """Fine-tune the task's teacher with a one-stage pipeline in ``work``; returns its stage record,
+    the wall seconds and the kept checkpoint ``work/teacher.pt`` (a compress model file).
+
+    One run directory serves every later pipeline of a benchmark: its tokenised-data cache is made once.
+    """
+    doc = {
+        "name": f"bench-{task}-teacher",
+        "seed": 0,
+        "teacher": spec["teacher"],
+        "data": data,
+        "stages": [{"finetune": {"train": train}}],
+    }
+    manifest, wall = _run(doc, work)
+    stage = manifest["stages"][0]
+    kept = work / "teacher.pt"
+    shutil.copyfile(work / "run" / "stages" / stage["id"] / "teacher.pt", kept)
+    return stage, wall, kept.resolve()
+
+
 def _last_model_metrics(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest["stages"][-1]["metrics"]["model"]
 
@@ -138,20 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or args.out / "runs"
     rows: list[dict[str, Any]] = []
 
-    t_doc = {
-        "name": f"bench-{args.task}-teacher",
-        "seed": 0,
-        "teacher": spec["teacher"],
-        "data": data,
-        "stages": [{"finetune": {"train": teacher_train}}],
-    }
-    # one run directory for all: the tokenised data cache in it is made once (stage folders differ)
-    manifest, wall = _run(t_doc, work)
-    stage = manifest["stages"][0]
+    stage, wall, teacher_file = finetune_teacher(args.task, spec, data, teacher_train, work)
     tm = stage["metrics"]["model"]
-    kept_teacher = work / "teacher.pt"
-    shutil.copyfile(work / "run" / "stages" / stage["id"] / "teacher.pt", kept_teacher)
-    teacher_file = kept_teacher.resolve()
     rows.append({"variant": "teacher (fine-tuned)", **_row(tm, None), "wall_s": wall})
     print(f"teacher: test {tm['test_accuracy']:.4f} macro {tm['test_macro_accuracy']:.4f} ({wall:.0f} s)", flush=True)
     _write(args, argv, spec, data, teacher_train, student_train, rows)

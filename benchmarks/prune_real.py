@@ -26,7 +26,6 @@ import argparse
 import copy
 import json
 import platform
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
 
-from distill_real import TASKS, _last_model_metrics, _run  # noqa: E402
+from distill_real import TASKS, _last_model_metrics, _run, finetune_teacher  # noqa: E402
 
 RATIOS = (0.3, 0.5, 0.7)
 PRUNE: dict[str, dict[str, Any]] = {
@@ -182,18 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     from compress.models import build_model, load_model
     from compress.models.registry import load_checkpoint_file, load_state_dict_checked
 
-    t_doc = {
-        "name": f"prune-{args.task}-teacher",
-        "seed": 0,
-        "teacher": spec["teacher"],
-        "data": data,
-        "stages": [{"finetune": {"train": teacher_train}}],
-    }
-    manifest, wall = _run(t_doc, work)
-    stage = manifest["stages"][0]
+    stage, wall, kept_teacher = finetune_teacher(args.task, spec, data, teacher_train, work)
     tm = stage["metrics"]["model"]
-    kept_teacher = work / "teacher.pt"
-    shutil.copyfile(work / "run" / "stages" / stage["id"] / "teacher.pt", kept_teacher)
     tspec = {k: v for k, v in spec["teacher"].items() if k != "source"}
     teacher = build_model(spec["teacher"]["source"], tspec)
     load_state_dict_checked(teacher, load_checkpoint_file(kept_teacher), source=str(kept_teacher))

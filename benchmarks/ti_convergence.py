@@ -104,12 +104,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument(
-        "--task", choices=["digits", "wordnet-minilm", "fashion-resnet"], default="digits", help="Model and data."
+        "--task",
+        choices=["digits", "wordnet-minilm", "fashion-resnet"],
+        default="digits",
+        help="Model and data.",
     )
-    p.add_argument("--data-root", default=None, help="Data files folder of the real tasks (default: Debian's).")
-    p.add_argument("--real-teacher-epochs", type=int, default=None, help="Fine-tuning epochs of a real teacher.")
-    p.add_argument("--summarise-only", action="store_true", help="Only summarise the runs kept in --out/results.")
-    p.add_argument("--work", type=Path, default=None, help="Pipeline run folder of a real teacher (default --out/work).")
+    p.add_argument(
+        "--data-root", default=None, help="Data files folder of the real tasks (default: Debian's)."
+    )
+    p.add_argument(
+        "--real-teacher-epochs", type=int, default=None, help="Fine-tuning epochs of a real teacher."
+    )
+    p.add_argument(
+        "--summarise-only", action="store_true", help="Only summarise the runs kept in --out/results."
+    )
+    p.add_argument(
+        "--work", type=Path, default=None, help="Pipeline run folder of a real teacher (default --out/work)."
+    )
     p.add_argument("--quant-batches", type=int, default=4, help="Calibration batches (default 4).")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="Where to train (default cpu).")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="QAT seeds (default 0 1 2).")
@@ -119,8 +130,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="QAT batch size (default 32).")
     p.add_argument("--lr", type=float, default=5e-4, help="QAT peak learning rate (default 5e-4).")
     p.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None, help="Default: KD-QAT and TI-O/M/G "
-                   "(fashion-resnet: KD-QAT and block_input).")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=None,
+        help="Default: KD-QAT and TI-O/M/G (fashion-resnet: KD-QAT and block_input).",
+    )
     p.add_argument("--teacher-epochs", type=int, default=20, help="FP teacher training epochs (default 20).")
     p.add_argument("--depth", type=int, default=4, help="Teacher blocks (default 4).")
     p.add_argument("--dim", type=int, default=64, help="Teacher width (default 64; 4 heads, MLP 2x).")
@@ -173,16 +189,8 @@ def _real_task(args: argparse.Namespace) -> tuple[torch.nn.Module, TaskData]:
         if "max_length" in data_cfg:
             data_cfg["max_length"] = 24
     work = args.work or args.out / "work"
-    doc = {
-        "name": f"ti-{args.task}-teacher",
-        "seed": 0,
-        "teacher": spec["teacher"],
-        "data": data_cfg,
-        "stages": [{"finetune": {"train": teacher_train}}],
-    }
-    manifest, _ = distill_real._run(doc, work)
-    stage = manifest["stages"][0]
-    teacher = load_model(work / "run" / "stages" / stage["id"] / "teacher.pt")
+    _, _, teacher_file = distill_real.finetune_teacher(args.task, spec, data_cfg, teacher_train, work)
+    teacher = load_model(teacher_file)
     loaded = load_config(work / "pipeline.yaml")
     env = loaded.data_env(cache_dir=work / "run" / "data" / "cache")
     data = SOURCES.get(loaded.config.data.source)(loaded.config.data, env)
@@ -223,7 +231,9 @@ def _one_run(
     teacher: torch.nn.Module, data: TaskData, precision: str, method: str, seed: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
-    student = prepare_qat(copy.deepcopy(teacher), QuantConfig.model_validate(precisions(args.task)[precision]))
+    student = prepare_qat(
+        copy.deepcopy(teacher), QuantConfig.model_validate(precisions(args.task)[precision])
+    )
     calib = [
         x.to(args.device)
         for _, (x, _) in zip(
@@ -426,9 +436,22 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     # every finished run is kept in <out>/results/ (keyed by its settings), so a long benchmark can be
     # split over several invocations (e.g. one seed per device call) and the last one summarises all
-    setting = {k: str(getattr(args, k)) for k in ("task", "steps", "step1", "eval_every", "batch_size", "lr",
-                                                   "teacher_epochs", "real_teacher_epochs", "quant_batches",
-                                                   "depth", "dim")}
+    setting = {
+        k: str(getattr(args, k))
+        for k in (
+            "task",
+            "steps",
+            "step1",
+            "eval_every",
+            "batch_size",
+            "lr",
+            "teacher_epochs",
+            "real_teacher_epochs",
+            "quant_batches",
+            "depth",
+            "dim",
+        )
+    }
     for prec in args.precisions:
         for seed in args.seeds:
             for method in args.methods:

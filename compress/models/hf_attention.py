@@ -125,7 +125,9 @@ def is_exposed(model: nn.Module) -> bool:
     """Whether ``model`` is a BERT-family model whose self-attentions are all exposed."""
     names = self_attention_modules(model)
     mods = dict(model.named_modules())
-    return bool(names) and all(all(isinstance(getattr(mods[n], p, None), nn.Module) for p in PARTS) for n in names)
+    return bool(names) and all(
+        all(isinstance(getattr(mods[n], p, None), nn.Module) for p in PARTS) for n in names
+    )
 
 
 def expose_attention(model: nn.Module) -> int:

@@ -106,7 +106,9 @@ def is_exposed(model: nn.Module) -> bool:
     """Whether ``model`` has timm attention modules and all of them are exposed."""
     mods = dict(model.named_modules())
     names = timm_attention_modules(model)
-    return bool(names) and all(all(isinstance(getattr(mods[n], p, None), nn.Module) for p in PARTS) for n in names)
+    return bool(names) and all(
+        all(isinstance(getattr(mods[n], p, None), nn.Module) for p in PARTS) for n in names
+    )
 
 
 def expose_timm_attention(model: nn.Module) -> int:

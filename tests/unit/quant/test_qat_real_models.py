@@ -115,7 +115,10 @@ def test_bert_ti_layout_points_at_the_papers_signals():
     assert lay[1].block == b
     assert lay[1].o == f"{b}.attention.output.dense"
     assert lay[1].probs == f"{b}.attention.self.softmax"
-    assert (lay[1].after_attention, lay[1].after_attention_side) == (f"{b}.attention.output.LayerNorm", "output")
+    assert (lay[1].after_attention, lay[1].after_attention_side) == (
+        f"{b}.attention.output.LayerNorm",
+        "output",
+    )
     assert block_names(m) == ["net.bert.encoder.layer.0", b]
 
 
@@ -139,7 +142,9 @@ def test_every_mode_reproduces_the_bert_teacher_exactly_without_quantization():
     assert not torch.allclose(obj.student_forward(student, x, t_feats, "none")[0], t_logits)
 
 
-def _grads(teacher: nn.Module, student: nn.Module, x: torch.Tensor, mode: str, losses: InterventionLossesConfig):
+def _grads(
+    teacher: nn.Module, student: nn.Module, x: torch.Tensor, mode: str, losses: InterventionLossesConfig
+):
     s = copy.deepcopy(student).eval()  # dropout off; quantizers still fake-quantize
     obj = InterventionObjective(copy.deepcopy(teacher), losses, mode=mode)  # type: ignore[arg-type]
     loss, _ = obj(s, x, torch.randint(0, 5, (len(x),)))
@@ -263,7 +268,9 @@ def test_block_input_intervention_on_resnet_stages_is_exact_and_cuts_the_path():
     logits, _ = obj.student_forward(student, x, t_feats, "block_input")
     torch.testing.assert_close(logits, t_logits, atol=1e-4, rtol=1e-4)  # folded BN: equal up to rounding
     set_quant_enabled_(student, True)
-    g = _grads(teacher, student, x, "block_input", InterventionLossesConfig(hidden=0, scores=0, attention_output=0))
+    g = _grads(
+        teacher, student, x, "block_input", InterventionLossesConfig(hidden=0, scores=0, attention_output=0)
+    )
     # only the logit loss: it reaches the last stage, not the earlier ones (their outputs are replaced)
     assert torch.count_nonzero(g["net.layer4.1.conv2.weight"]) > 0
     assert torch.count_nonzero(g["net.layer1.0.conv1.weight"]) == 0
@@ -291,7 +298,11 @@ def test_timm_vit_exposed_attention_keeps_the_function_and_every_mode_is_exact(t
     assert expose(exposed) == 2 and expose(exposed) == 0
     torch.testing.assert_close(exposed(x), ref, atol=1e-5, rtol=1e-5)
     lay = find_attention_layout(exposed)
-    assert lay is not None and lay[0].o == "net.blocks.0.attn.proj" and lay[0].after_attention == "net.blocks.0.norm2"
+    assert (
+        lay is not None
+        and lay[0].o == "net.blocks.0.attn.proj"
+        and lay[0].after_attention == "net.blocks.0.norm2"
+    )
     student = _quantized(teacher, x)
     assert "net.blocks.1.attn.qk" in quantized_modules(student)
     set_quant_enabled_(student, False)
