@@ -369,140 +369,144 @@ def run_pipeline(
         }
         eval_bs = cfg.data.eval_batch_size
         tracker = open_tracker(cfg.tracking, run_dir, run_name=cfg.name, params=dump_config(cfg))  # tracking hook
-        manifest["teacher"] = {"initial": _model_metrics(teacher, data, eval_bs)}
-        model = copy.deepcopy(teacher)
-        artifacts: dict[str, Artifact] = {}
-        history: dict[str, dict[str, Any]] = {}
-        atomic_write_json(run_dir / "manifest.json", manifest)
-        for i, entry in enumerate(cfg.stages):
-            kind = entry.kind
-            stage_cls = STAGES.get(kind)
-            sid = f"{i + 1:02d}-{kind}"
-            sdir = run_dir / "stages" / sid
-            sdir.mkdir(parents=True, exist_ok=True)
-            key = sha256_json({"prev": key, "kind": kind, "config": entry.config.model_dump(mode="json")})
-            done_path = sdir / "result.json"
-            t0 = time.perf_counter()
-            record: dict[str, Any] | None = None
-            if not fresh and done_path.is_file():
-                try:
-                    prev = read_json(done_path)
-                except (OSError, ValueError):
-                    prev = None
-                if (
-                    prev
-                    and prev.get("key") == key
-                    and all(_artifact_ok(run_dir, a) for a in prev.get("artifacts", []))
-                    and all(
-                        (sdir / f).is_file() and sha256_file(sdir / f) == h for f, h in prev.get("files", {}).items()
-                    )
-                ):
-                    record = prev
-            if record is not None:
-                if "model.pt" in record["files"]:
-                    model = load_model(sdir / "model.pt")
-                if "teacher.pt" in record["files"]:
-                    teacher = load_model(sdir / "teacher.pt")
-                status = "cached"
-            else:
-                done_path.unlink(missing_ok=True)
-                _claim_stage_dir(sdir, key, fresh=fresh)
-                ctx = StageContext(
-                    run_dir=run_dir,
-                    stage_dir=sdir,
-                    artifacts_dir=run_dir / "artifacts",
-                    index=i,
-                    yaml_path=f"stages[{i}].{kind}",
-                    pipeline=cfg,
-                    data=data,
-                    teacher=teacher,
-                    model=model,
-                    artifacts=dict(artifacts),
-                    history=dict(history),
-                    targets=loaded.targets,
-                    seed=cfg.seed * 1000 + i,
-                    reporter=reporter,
-                    load_data=lambda dcfg, at, _sdir=sdir: _load_stage_data(loaded, dcfg, at, _sdir, data_env),
-                    load_model=lambda mcfg, at: _load_source_model(loaded, mcfg, at, data, cfg.data.source),
-                )
-                try:
-                    result: StageResult = stage_cls().run(ctx, entry.config)
-                except StageError as e:
-                    if e.stage:
-                        raise
-                    raise type(e)(str(e), stage=kind, yaml_path=ctx.yaml_path) from e  # e.g. NaN loss from fit
-                except BadInputError as e:
-                    raise type(e)(f"stage '{kind}' ({ctx.yaml_path}): {e}") from e
-                except CompressError as e:
-                    raise StageError(str(e), stage=kind, yaml_path=ctx.yaml_path) from e
-                except (KeyboardInterrupt, MemoryError):
-                    raise
-                except torch.cuda.OutOfMemoryError as e:
-                    raise StageError(
-                        _oom_message(entry.config, ctx.yaml_path, cfg), stage=kind, yaml_path=ctx.yaml_path
-                    ) from e
-                except OSError as e:
-                    if e.errno in _DISK_FULL:
-                        raise StageError(_disk_full_message(e), stage=kind, yaml_path=ctx.yaml_path) from e
-                    raise StageError(f"{type(e).__name__}: {e}", stage=kind, yaml_path=ctx.yaml_path) from e
-                except Exception as e:
-                    raise StageError(f"{type(e).__name__}: {e}", stage=kind, yaml_path=ctx.yaml_path) from e
-                files: dict[str, str] = {}
-                if result.model is not None:
-                    model = result.model
-                    save_model(model, sdir / "model.pt")
-                    files["model.pt"] = sha256_file(sdir / "model.pt")
-                if result.teacher is not None:
-                    teacher = result.teacher
-                    teacher.eval()
-                    save_model(teacher, sdir / "teacher.pt")
-                    files["teacher.pt"] = sha256_file(sdir / "teacher.pt")
-                arts = []
-                for a in result.artifacts:
-                    p = run_dir / a.path
-                    arts.append({**a.to_dict(), "sha256": sha256_file(p), "size_bytes": p.stat().st_size})
-                metrics = dict(result.metrics)
-                if result.model is not None:
-                    metrics["model"] = _model_metrics(model, data, eval_bs)
-                record = {
-                    "key": key,
-                    "kind": kind,
-                    "config": entry.config.model_dump(mode="json"),
-                    "metrics": metrics,
-                    "artifacts": arts,
-                    "files": files,
-                    "seconds": round(time.perf_counter() - t0, 3),
-                }
-                atomic_write_json(done_path, record)
-                status = "ran"
-            for a in record["artifacts"]:
-                artifacts[a["name"]] = Artifact.from_dict(a)
-                manifest["artifacts"][a["name"]] = {k: a[k] for k in ("path", "sha256", "size_bytes", "format", "precision")}
-            history[sid] = record["metrics"]
-            manifest["stages"].append(
-                {
-                    "id": sid,
-                    "kind": kind,
-                    "status": status,
-                    "key": key,
-                    "seconds": record["seconds"],
-                    "files": record["files"],
-                    "metrics": record["metrics"],
-                    "artifacts": [a["name"] for a in record["artifacts"]],
-                }
-            )
+        try:
+            manifest["teacher"] = {"initial": _model_metrics(teacher, data, eval_bs)}
+            model = copy.deepcopy(teacher)
+            artifacts: dict[str, Artifact] = {}
+            history: dict[str, dict[str, Any]] = {}
             atomic_write_json(run_dir / "manifest.json", manifest)
-            tracker.log_stage(sid, status, record["metrics"])  # tracking hook
-            reporter.line(_summary_line(i, len(cfg.stages), sid, status, record))
-        manifest["teacher"]["final"] = _model_metrics(teacher, data, eval_bs)
-        gates = evaluate_gates(cfg.gates, manifest)
-        manifest["gates"] = gates
-        manifest["verdict"] = "pass" if all(g["passed"] for g in gates) else "fail"
-        manifest["wall_seconds"] = round(time.perf_counter() - t_start, 2)
-        atomic_write_json(run_dir / "manifest.json", manifest)
-        write_reports(run_dir, manifest)
-        tracker.log_gates(gates, manifest["verdict"], [run_dir / f for f in REPORT_FILES])  # tracking hook
-        tracker.close()  # tracking hook
+            for i, entry in enumerate(cfg.stages):
+                kind = entry.kind
+                stage_cls = STAGES.get(kind)
+                sid = f"{i + 1:02d}-{kind}"
+                sdir = run_dir / "stages" / sid
+                sdir.mkdir(parents=True, exist_ok=True)
+                key = sha256_json({"prev": key, "kind": kind, "config": entry.config.model_dump(mode="json")})
+                done_path = sdir / "result.json"
+                t0 = time.perf_counter()
+                record: dict[str, Any] | None = None
+                if not fresh and done_path.is_file():
+                    try:
+                        prev = read_json(done_path)
+                    except (OSError, ValueError):
+                        prev = None
+                    if (
+                        prev
+                        and prev.get("key") == key
+                        and all(_artifact_ok(run_dir, a) for a in prev.get("artifacts", []))
+                        and all(
+                            (sdir / f).is_file() and sha256_file(sdir / f) == h for f, h in prev.get("files", {}).items()
+                        )
+                    ):
+                        record = prev
+                if record is not None:
+                    if "model.pt" in record["files"]:
+                        model = load_model(sdir / "model.pt")
+                    if "teacher.pt" in record["files"]:
+                        teacher = load_model(sdir / "teacher.pt")
+                    status = "cached"
+                else:
+                    done_path.unlink(missing_ok=True)
+                    _claim_stage_dir(sdir, key, fresh=fresh)
+                    ctx = StageContext(
+                        run_dir=run_dir,
+                        stage_dir=sdir,
+                        artifacts_dir=run_dir / "artifacts",
+                        index=i,
+                        yaml_path=f"stages[{i}].{kind}",
+                        pipeline=cfg,
+                        data=data,
+                        teacher=teacher,
+                        model=model,
+                        artifacts=dict(artifacts),
+                        history=dict(history),
+                        targets=loaded.targets,
+                        seed=cfg.seed * 1000 + i,
+                        reporter=reporter,
+                        load_data=lambda dcfg, at, _sdir=sdir: _load_stage_data(loaded, dcfg, at, _sdir, data_env),
+                        load_model=lambda mcfg, at: _load_source_model(loaded, mcfg, at, data, cfg.data.source),
+                    )
+                    try:
+                        result: StageResult = stage_cls().run(ctx, entry.config)
+                    except StageError as e:
+                        if e.stage:
+                            raise
+                        raise type(e)(str(e), stage=kind, yaml_path=ctx.yaml_path) from e  # e.g. NaN loss from fit
+                    except BadInputError as e:
+                        raise type(e)(f"stage '{kind}' ({ctx.yaml_path}): {e}") from e
+                    except CompressError as e:
+                        raise StageError(str(e), stage=kind, yaml_path=ctx.yaml_path) from e
+                    except (KeyboardInterrupt, MemoryError):
+                        raise
+                    except torch.cuda.OutOfMemoryError as e:
+                        raise StageError(
+                            _oom_message(entry.config, ctx.yaml_path, cfg), stage=kind, yaml_path=ctx.yaml_path
+                        ) from e
+                    except OSError as e:
+                        if e.errno in _DISK_FULL:
+                            raise StageError(_disk_full_message(e), stage=kind, yaml_path=ctx.yaml_path) from e
+                        raise StageError(f"{type(e).__name__}: {e}", stage=kind, yaml_path=ctx.yaml_path) from e
+                    except Exception as e:
+                        raise StageError(f"{type(e).__name__}: {e}", stage=kind, yaml_path=ctx.yaml_path) from e
+                    files: dict[str, str] = {}
+                    if result.model is not None:
+                        model = result.model
+                        save_model(model, sdir / "model.pt")
+                        files["model.pt"] = sha256_file(sdir / "model.pt")
+                    if result.teacher is not None:
+                        teacher = result.teacher
+                        teacher.eval()
+                        save_model(teacher, sdir / "teacher.pt")
+                        files["teacher.pt"] = sha256_file(sdir / "teacher.pt")
+                    arts = []
+                    for a in result.artifacts:
+                        p = run_dir / a.path
+                        arts.append({**a.to_dict(), "sha256": sha256_file(p), "size_bytes": p.stat().st_size})
+                    metrics = dict(result.metrics)
+                    if result.model is not None:
+                        metrics["model"] = _model_metrics(model, data, eval_bs)
+                    record = {
+                        "key": key,
+                        "kind": kind,
+                        "config": entry.config.model_dump(mode="json"),
+                        "metrics": metrics,
+                        "artifacts": arts,
+                        "files": files,
+                        "seconds": round(time.perf_counter() - t0, 3),
+                    }
+                    atomic_write_json(done_path, record)
+                    status = "ran"
+                for a in record["artifacts"]:
+                    artifacts[a["name"]] = Artifact.from_dict(a)
+                    manifest["artifacts"][a["name"]] = {k: a[k] for k in ("path", "sha256", "size_bytes", "format", "precision")}
+                history[sid] = record["metrics"]
+                manifest["stages"].append(
+                    {
+                        "id": sid,
+                        "kind": kind,
+                        "status": status,
+                        "key": key,
+                        "seconds": record["seconds"],
+                        "files": record["files"],
+                        "metrics": record["metrics"],
+                        "artifacts": [a["name"] for a in record["artifacts"]],
+                    }
+                )
+                atomic_write_json(run_dir / "manifest.json", manifest)
+                tracker.log_stage(sid, status, record["metrics"])  # tracking hook
+                reporter.line(_summary_line(i, len(cfg.stages), sid, status, record))
+            manifest["teacher"]["final"] = _model_metrics(teacher, data, eval_bs)
+            gates = evaluate_gates(cfg.gates, manifest)
+            manifest["gates"] = gates
+            manifest["verdict"] = "pass" if all(g["passed"] for g in gates) else "fail"
+            manifest["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+            atomic_write_json(run_dir / "manifest.json", manifest)
+            write_reports(run_dir, manifest)
+            tracker.log_gates(gates, manifest["verdict"], [run_dir / f for f in REPORT_FILES])  # tracking hook
+            tracker.close()  # tracking hook
+        except BaseException:
+            tracker.close(status="FAILED")  # tracking hook: a failed or interrupted run is not left RUNNING
+            raise
         exit_code = 0 if manifest["verdict"] == "pass" else 1
         return RunOutcome(run_dir=run_dir, exit_code=exit_code, gates=gates, manifest=manifest)
 

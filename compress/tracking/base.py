@@ -139,9 +139,9 @@ class Tracker(ABC):
 
         self._guard(go)
 
-    def close(self) -> None:
-        """Finish the run in the tracker."""
-        self._guard(self._close_impl)
+    def close(self, status: str = "FINISHED") -> None:
+        """Finish the run in the tracker (``status``: ``FINISHED``, or ``FAILED`` when the run raised)."""
+        self._guard(lambda: self._close_impl(status))
 
     @abstractmethod
     def _log_params_impl(self, params: dict[str, str]) -> None: ...
@@ -152,8 +152,8 @@ class Tracker(ABC):
     @abstractmethod
     def _log_files_impl(self, files: list[Path]) -> None: ...
 
-    def _close_impl(self) -> None:  # noqa: B027  (optional hook)
-        """Release the backend (optional)."""
+    def _close_impl(self, status: str) -> None:  # noqa: B027  (optional hook)
+        """Release the backend (optional); ``status`` as in ``close``."""
 
 
 class NullTracker(Tracker):

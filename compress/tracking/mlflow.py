@@ -78,5 +78,5 @@ class MlflowTracker(Tracker):
         for f in files:
             self.client.log_artifact(self.run_id, str(f))
 
-    def _close_impl(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def _close_impl(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status)

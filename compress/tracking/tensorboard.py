@@ -48,5 +48,6 @@ class TensorboardTracker(Tracker):
     def _log_files_impl(self, files: list[Path]) -> None:
         self.writer.add_text("reports", "\n".join(str(f) for f in files), 0)
 
-    def _close_impl(self) -> None:
+    def _close_impl(self, status: str) -> None:
+        del status  # event files have no run status
         self.writer.close()

@@ -129,3 +129,33 @@ def test_runner_logs_stages_and_gates(tmp_path):
     acc.Reload()
     scalars = acc.Tags()["scalars"]
     assert "01-finetune/model/val_accuracy" in scalars and "verdict/pass" in scalars
+
+
+def test_a_run_that_raises_is_marked_failed_in_mlflow(tmp_path, monkeypatch):
+    """The runner closes the tracker with FAILED when a stage raises, so no MLflow run is left RUNNING."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")
+    from mlflow.tracking import MlflowClient
+
+    import compress.stages.finetune as finetune_module
+    from compress.config import load_config
+    from compress.stages.runner import run_pipeline
+
+    def boom(*_a, **_k):
+        raise RuntimeError("stage failed")
+
+    monkeypatch.setattr(finetune_module.FinetuneStage, "run", boom)
+    p = tmp_path / "p.yaml"
+    p.write_text(textwrap.dedent("""\
+        name: trf
+        teacher: {family: tiny-vit, config: {dim: 16, depth: 1, num_heads: 2, mlp_dim: 32}}
+        data: {source: digits, batch_size: 256, subset: 300}
+        stages:
+          - finetune: {train: {epochs: 1}}
+        tracking: mlflow
+    """))
+    with pytest.raises(Exception, match="stage failed"):
+        run_pipeline(load_config(p), run_dir=tmp_path / "run")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'mlflow' / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert [r.info.status for r in runs] == ["FAILED"]
