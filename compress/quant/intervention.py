@@ -166,31 +166,22 @@ def _hf_bert_layout(model: nn.Module) -> list[AttentionLayout] | None:
     output ``LN(AO + x)`` = the output of ``L.attention.output.LayerNorm`` (post-LN, the paper's).
     ``None`` when the model is not BERT-like or its attention is not exposed.
     """
-    layout = find_layout(model)
-    if layout is None or layout.name != "hf-bert":
-        return None
-    mods = dict(model.named_modules())
-    out = []
-    for lay in layout.layers:
-        b = lay.hidden.module
+
+    def per_block(b: str) -> AttentionLayout:
         sa, ao = f"{b}.attention.self", f"{b}.attention.output"
-        needed = (f"{sa}.qk", f"{sa}.score_mask", f"{sa}.softmax", f"{ao}.dense", f"{ao}.LayerNorm")
-        if not all(n in mods for n in needed):
-            return None
-        out.append(
-            AttentionLayout(
-                block=b,
-                q=f"{sa}.query",
-                k=f"{sa}.key",
-                v=f"{sa}.value",
-                o=f"{ao}.dense",
-                scores=f"{sa}.score_mask",
-                probs=f"{sa}.softmax",
-                after_attention=f"{ao}.LayerNorm",
-                after_attention_side="output",
-            )
+        return AttentionLayout(
+            block=b,
+            q=f"{sa}.query",
+            k=f"{sa}.key",
+            v=f"{sa}.value",
+            o=f"{ao}.dense",
+            scores=f"{sa}.score_mask",
+            probs=f"{sa}.softmax",
+            after_attention=f"{ao}.LayerNorm",
+            after_attention_side="output",
         )
-    return out
+
+    return _exposed_layout(model, "hf-bert", per_block)
 
 
 @ATTENTION_LAYOUTS.register("timm-vit")
@@ -202,29 +193,37 @@ def _timm_vit_layout(model: nn.Module) -> list[AttentionLayout] | None:
     probabilities ``B.attn.softmax``, and the pre-LN residual after attention = the input of
     ``B.norm2``. ``None`` when the model is not a timm ViT or its attention is not exposed.
     """
+
+    def per_block(b: str) -> AttentionLayout:
+        a = f"{b}.attn"
+        return AttentionLayout(
+            block=b,
+            q=f"{a}.q_in",
+            k=f"{a}.k_in",
+            v=f"{a}.v_in",
+            o=f"{a}.proj",
+            scores=f"{a}.qk",
+            probs=f"{a}.softmax",
+            after_attention=f"{b}.norm2",
+        )
+
+    return _exposed_layout(model, "timm-vit", per_block)
+
+
+def _exposed_layout(
+    model: nn.Module, feature_layout: str, per_block: Callable[[str], AttentionLayout]
+) -> list[AttentionLayout] | None:
+    """One ``AttentionLayout`` per layer of ``model``'s feature layout ``feature_layout`` (``per_block``
+    gets the layer's name), or ``None`` when the model has another layout or a named module is
+    missing (its attention is not exposed)."""
     layout = find_layout(model)
-    if layout is None or layout.name != "timm-vit":
+    if layout is None or layout.name != feature_layout:
         return None
     mods = dict(model.named_modules())
-    out = []
-    for lay in layout.layers:
-        b = lay.hidden.module
-        a = f"{b}.attn"
-        needed = (f"{a}.q_in", f"{a}.qk", f"{a}.softmax", f"{a}.proj", f"{b}.norm2")
-        if not all(n in mods for n in needed):
-            return None
-        out.append(
-            AttentionLayout(
-                block=b,
-                q=f"{a}.q_in",
-                k=f"{a}.k_in",
-                v=f"{a}.v_in",
-                o=f"{a}.proj",
-                scores=f"{a}.qk",
-                probs=f"{a}.softmax",
-                after_attention=f"{b}.norm2",
-            )
-        )
+    out = [per_block(lay.hidden.module) for lay in layout.layers]
+    parts = ("block", "q", "k", "v", "o", "scores", "probs", "after_attention")
+    if not all(getattr(lay, p) in mods for lay in out for p in parts):
+        return None
     return out
 
 

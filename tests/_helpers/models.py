@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -11,7 +13,32 @@ from compress.data import SOURCES, TaskData, load_or_make_splits
 from compress.models import build_model
 
 
-def tiny_vit(depth: int = 2, dim: int = 32, num_heads: int = 4, mlp_dim: int = 64, seed: int = 0) -> torch.nn.Module:
+_RELOAD_AND_PREDICT = (
+    "import sys, torch\n"
+    "from compress.models import load_model\n"
+    "d = sys.argv[1]\n"
+    "m = load_model(d + '/model.pt').eval()\n"
+    "x = torch.load(d + '/x.pt', weights_only=True)\n"
+    "with torch.no_grad():\n"
+    "    torch.save(m(x), d + '/y.pt')\n"
+)
+
+
+def logits_in_fresh_process(model: torch.nn.Module, x: torch.Tensor, folder: Path) -> torch.Tensor:
+    """Save ``model`` (spec + state dict) to ``folder``, reload it in a new Python process, return its logits on ``x``."""
+    from compress.models import save_model
+
+    save_model(model, folder / "model.pt")
+    torch.save(x, folder / "x.pt")
+    subprocess.run(
+        [sys.executable, "-c", _RELOAD_AND_PREDICT, str(folder)], check=True, capture_output=True, timeout=120
+    )
+    return torch.load(folder / "y.pt", weights_only=True)
+
+
+def tiny_vit(
+    depth: int = 2, dim: int = 32, num_heads: int = 4, mlp_dim: int = 64, seed: int = 0
+) -> torch.nn.Module:
     """A 2-block, 32-wide tiny-vit for 8x8 digits."""
     torch.manual_seed(seed)
     return build_model("tiny-vit", {"dim": dim, "depth": depth, "num_heads": num_heads, "mlp_dim": mlp_dim})

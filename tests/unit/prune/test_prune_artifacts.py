@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +9,8 @@ import pytest
 import torch
 
 from compress.export import export_onnx
-from compress.models import save_model
 from compress.prune import PruneConfig, prune_
-from tests._helpers.models import tiny_vit
+from tests._helpers.models import logits_in_fresh_process, tiny_vit
 
 X = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
 
@@ -28,21 +25,10 @@ def pruned() -> torch.nn.Module:
 
 
 def test_save_load_in_a_fresh_process_gives_identical_logits(pruned: torch.nn.Module, tmp_path: Path) -> None:
-    save_model(pruned, tmp_path / "model.pt")
-    torch.save(X, tmp_path / "x.pt")
-    code = (
-        "import sys, torch\n"
-        "from compress.models import load_model\n"
-        "d = sys.argv[1]\n"
-        "m = load_model(d + '/model.pt').eval()\n"
-        "x = torch.load(d + '/x.pt', weights_only=True)\n"
-        "with torch.no_grad():\n"
-        "    torch.save(m(x), d + '/y.pt')\n"
-    )
-    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, capture_output=True, timeout=120)
+    got = logits_in_fresh_process(pruned, X, tmp_path)
     with torch.no_grad():
         expected = pruned(X)
-    assert torch.equal(torch.load(tmp_path / "y.pt", weights_only=True), expected)
+    assert torch.equal(got, expected)
 
 
 def test_onnx_export_of_the_pruned_model_matches_eager(pruned: torch.nn.Module, tmp_path: Path) -> None:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from compress.models import save_model
 from compress.models.stats import count_macs, count_params
 from compress.prune import PruneConfig, prune_
+from tests._helpers.models import logits_in_fresh_process
 from tests.unit.prune._real import bert, bert_ids, onnx_parity, resnet, resnet_x, vit, vit_x
 
 
@@ -98,21 +96,10 @@ def test_resnet_impossible_target_fails_before_pruning() -> None:
 def test_pruned_bert_reloads_from_spec_in_a_fresh_process(tmp_path: Path) -> None:
     m, x = bert(), bert_ids()
     prune_(m, PruneConfig(target={"macs": 0.4}, iterative_steps=1, global_ranking=True), example_inputs=x)
-    save_model(m, tmp_path / "model.pt")
-    torch.save(x, tmp_path / "x.pt")
-    code = (
-        "import sys, torch\n"
-        "from compress.models import load_model\n"
-        "d = sys.argv[1]\n"
-        "m = load_model(d + '/model.pt').eval()\n"
-        "x = torch.load(d + '/x.pt', weights_only=True)\n"
-        "with torch.no_grad():\n"
-        "    torch.save(m(x), d + '/y.pt')\n"
-    )
-    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, capture_output=True, timeout=120)
+    got = logits_in_fresh_process(m, x, tmp_path)
     with torch.no_grad():
         expected = m(x)
-    assert torch.allclose(torch.load(tmp_path / "y.pt", weights_only=True), expected, atol=1e-6)
+    assert torch.allclose(got, expected, atol=1e-6)
 
 
 def test_round_to_chunks_fill_the_gap_that_uniform_cnn_widths_step_over(tmp_path: Path) -> None:
