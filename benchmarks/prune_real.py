@@ -16,6 +16,8 @@ Tasks:
 Usage (GPU box, full data):
   python benchmarks/prune_real.py --task fashion-resnet --device cuda --out docs/results/prune-h100
   python benchmarks/prune_real.py --task wordnet-minilm --device cuda --out docs/results/prune-h100
+Training and timing can be split (``--no-latency`` first, e.g. while the GPU is shared; then the same
+command without it reuses every finished run and times them on a quiet machine).
 CPU smoke test (tiny subset, one epoch; numbers meaningless):
   python benchmarks/prune_real.py --task fashion-resnet --quick --out /tmp/prune-bench
 """
@@ -147,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         "--device", choices=["cpu", "cuda"], default="cpu", help="Also time on the GPU with cuda."
     )
     ap.add_argument("--batch", type=int, default=32, help="Batch size timed.")
+    ap.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="Train and prune only (no timing); a later run without it reuses every finished run and times.",
+    )
     ap.add_argument("--iterations", type=int, default=200, help="Timed runs per model and runtime.")
     ap.add_argument("--importance", default=None, help="Override the task's importance criterion.")
     ap.add_argument(
@@ -187,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher = build_model(spec["teacher"]["source"], tspec)
     load_state_dict_checked(teacher, load_checkpoint_file(kept_teacher), source=str(kept_teacher))
     x = _inputs(args.task, data, args.batch)
-    t_lat = _measure(teacher.eval(), x, args)
+    t_lat = {} if args.no_latency else _measure(teacher.eval(), x, args)
     rows.append(
         {"model": "unpruned (fine-tuned)", "target": 0.0, **_row(tm), "latency": t_lat, "wall_s": wall}
     )
@@ -209,11 +216,14 @@ def main(argv: list[str] | None = None) -> int:
             "data": data,
             "stages": [{"prune": prune}],
         }
-        manifest, wall = _run(doc, work)
+        # one run folder per ratio, so a second invocation finds every pruned model cached
+        manifest, wall = _run(doc, work / f"prune-{int(ratio * 100)}")
         st = manifest["stages"][-1]
         pm = _last_model_metrics(manifest)
-        model = load_model(work / "run" / "stages" / st["id"] / "model.pt").eval()
-        lat = _measure(model, x, args)
+        model = load_model(
+            work / f"prune-{int(ratio * 100)}" / "run" / "stages" / st["id"] / "model.pt"
+        ).eval()
+        lat = {} if args.no_latency else _measure(model, x, args)
         rows.append(
             {
                 "model": f"pruned {int(ratio * 100)} % MACs",
@@ -225,10 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s": wall,
             }
         )
-        print(
-            f"{ratio}: test {pm['test_accuracy']:.4f} p95 {lat['ort_cpu']['p95_ms']:.2f} ms ({wall:.0f} s)",
-            flush=True,
-        )
+        p95 = f"{lat['ort_cpu']['p95_ms']:.2f} ms" if lat else "not timed"
+        print(f"{ratio}: test {pm['test_accuracy']:.4f} p95 {p95} ({wall:.0f} s)", flush=True)
         _write(args, argv, data, pcfg, rows)
     print(_write(args, argv, data, pcfg, rows))
     return 0
@@ -267,9 +275,9 @@ def _write(
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    cols = list(rows[0]["latency"]) if rows else ["ort_cpu"]
-    head = "| model | test acc | params | MACs/example | MAC ratio | " + " | ".join(
-        f"{c} p50 / p95 ms | {c} speed-up (p50)" for c in cols
+    cols = list(rows[0]["latency"]) if rows else []
+    head = "| model | test acc | params | MACs/example | MAC ratio " + "".join(
+        f"| {c} p50 / p95 ms | {c} speed-up (p50) " for c in cols
     )
     head += " |\n|" + "---|" * (5 + 2 * len(cols)) + "\n"
     base = rows[0]
