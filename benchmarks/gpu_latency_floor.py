@@ -9,9 +9,11 @@ times the same models several ways, each at batch ``--batch`` and each ``--seq``
 * ``graph``: the eager model captured once in a CUDA graph (``torch.cuda.CUDAGraph``) and replayed
   on a static input buffer: the kernels' own time plus one graph launch, the lowest a PyTorch
   runtime can reach for this model without other kernels;
-* ``compiled``: ``torch.compile(mode="reduce-overhead")`` (inductor, CUDA graphs) on device inputs;
+* ``compiled``: the ``torch-compile`` runtime's model (inductor; on GPU replayed from CUDA graphs) called
+  on device-resident inputs, calls queued back to back (CUDA events: mostly the GPU's own time);
 * ``session``: compress's ``torch-compile`` runtime through ``compress.bench.measure_latency``, as
-  the validate stage times it: NumPy in, NumPy out (host-to-device and device-to-host copies included);
+  the validate stage times it: NumPy in, NumPy out, one synchronised call at a time (host-to-device and
+  device-to-host copies and the host's own work included);
 * ``torchao-int8``: compress's ``torchao-int8`` runtime (dynamic INT8 activations and weights,
   compiled), fp16 models only, through the same harness;
 * ``ort-cuda``: ONNX Runtime's CUDA execution provider through the same harness (when installed),

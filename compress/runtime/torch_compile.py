@@ -1,13 +1,24 @@
-"""``torch-compile``: a torch model compiled with inductor; CUDA graphs on GPU.
+"""``torch-compile``: a torch model compiled with inductor; on GPU replayed from CUDA graphs.
 
-On CUDA the model is compiled with ``mode="reduce-overhead"``, which captures CUDA graphs: at our
-model sizes eager PyTorch on an H100 is launch-bound (2–5 ms whatever the model, ../shared/ENV.md),
-so latency ratios and gates on GPU must use a graph-captured runtime, for the teacher and the
-artifact alike. On CPU it uses inductor's default mode. ``dynamic=False``: each batch size is
-compiled once (during warm-up), then replayed. Precision from the target (fp32, fp16, bf16).
+At our model sizes eager PyTorch on an H100 is launch-bound (2–5 ms whatever the model,
+../shared/ENV.md), so latency ratios and gates on GPU must use a graph-captured runtime, for the
+teacher and the artifact alike. On CUDA the model is compiled by inductor (``dynamic=False``:
+one compilation per input shape) and each input shape is then captured once in a CUDA graph
+(``torch.cuda.CUDAGraph``) on static input and output buffers; a call copies the input in,
+replays the graph and hands back the static output. That keeps the host's work per call to one
+copy and one replay: measured on an H100 (docs/results/latency-floor-h100), the previous
+``mode="reduce-overhead"`` (CUDA graph trees behind dynamo's guards) added about 0.3 ms per call
+on top of the graph's own time, which for a pruned 3-layer MiniLM (0.26 ms on the GPU) more
+than doubled its latency and flattened every ratio. A model whose forward cannot be captured
+(it synchronises with the host, say) runs compiled without graphs; the reason is kept in
+``GraphedModule.fallback_reason`` and warned about. On CPU inductor's default mode is used.
+Precision from the target (fp32, fp16, bf16).
 """
 
 from __future__ import annotations
+
+import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,10 +26,12 @@ from torch import nn
 from compress.runtime.base import register_runtime
 from compress.runtime.torch_eager import TorchSession
 
+_WARMUP_CALLS = 3  # before capture, on a side stream: lazy init, autotuning, cuBLAS workspaces
+
 
 @register_runtime("torch-compile")
 class TorchCompileSession(TorchSession):
-    """A compress model (or ``nn.Module``) under ``torch.compile``."""
+    """A compress model (or ``nn.Module``) under ``torch.compile``; CUDA graphs on GPU."""
 
     def _prepare(self, model: nn.Module) -> nn.Module:
         return compile_for(model, self.device)
@@ -28,14 +41,80 @@ class TorchCompileSession(TorchSession):
         reset_compiled()
 
 
+class GraphedModule(nn.Module):
+    """Calls ``inner`` through one CUDA graph per input shape and dtype (inference only).
+
+    The first call with a new shape warms ``inner`` up on a side stream, then captures it; every
+    call copies its input into the static buffer, replays and returns the static output, which
+    the next call overwrites (callers copy it out, as ``TorchSession.run`` does). Graphs share
+    one memory pool. Capture failures fall back to calling ``inner`` directly.
+
+    Attributes:
+        fallback_reason: Why the model runs without CUDA graphs, or ``None`` while it uses them.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.fallback_reason: str | None = None
+        self._graphs: dict[tuple[Any, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = {}
+        self._pool: Any = None
+
+    @property
+    def _orig_mod(self) -> nn.Module:
+        """The model behind the compiled wrapper (as ``torch.compile``'s own ``_orig_mod``)."""
+        return getattr(self.inner, "_orig_mod", self.inner)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        if self.fallback_reason is not None or not x.is_cuda:
+            return self.inner(x)
+        key = (tuple(x.shape), x.dtype, x.device)
+        entry = self._graphs.get(key)
+        if entry is None:
+            try:
+                entry = self._capture(x)
+            except Exception as e:  # noqa: BLE001 - any capture failure: run without graphs, say why
+                self.fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                warnings.warn(
+                    f"torch-compile: CUDA graph capture failed, running compiled without graphs "
+                    f"({self.fallback_reason})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                torch.cuda.synchronize(x.device)
+                return self.inner(x)
+            self._graphs[key] = entry
+        graph, static_in, static_out = entry
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+    def _capture(self, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]:
+        static_in = x.clone()
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(_WARMUP_CALLS):
+                self.inner(static_in)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            static_out = self.inner(static_in)
+        return graph, static_in, static_out
+
+
 def compile_for(model: nn.Module, device: str) -> nn.Module:
-    """``torch.compile`` with CUDA graphs on GPU (``reduce-overhead``), inductor's default on CPU."""
+    """``torch.compile`` (inductor, static shapes); on CUDA wrapped in per-shape CUDA graphs."""
     # Every instance of a model class shares its forward's code object, and dynamo counts
     # recompiles per code object: sessions reset on close (``reset_compiled``), and a session may
     # compile a few shapes (each timed batch size, a last partial batch) without falling back to eager.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-    mode = "reduce-overhead" if device == "cuda" else "default"
-    return torch.compile(model, mode=mode, dynamic=False, fullgraph=False)
+    compiled = torch.compile(model, mode="default", dynamic=False, fullgraph=False)
+    if device == "cuda":
+        return GraphedModule(compiled)
+    return compiled
 
 
 def reset_compiled() -> None:
