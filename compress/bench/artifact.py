@@ -8,8 +8,11 @@ threads, precision, batch sizes and timing; its runtime must load that format.
 Inputs are synthetic, drawn once with a fixed seed and rotated like the validate stage's:
 float inputs standard normal; integer inputs token ids in ``[0, 100)``, except inputs whose name
 contains ``mask`` (all ones) or ``type`` (all zeros). Axis 0 of every input is the batch; any
-other symbolic axis (a sequence length) takes ``seq_len``; a torch model that declares no input
-shape (a text model without ``example_inputs``) gets int64 token ids of shape ``(batch, seq_len)``. Timing, memory and the roofline are
+other symbolic axis (a sequence length) takes ``seq_len``, else, for integer (token) inputs, the
+target's ``sequence_length``; a torch model that declares no input shape (a text model without
+``example_inputs``) gets int64 token ids of shape ``(batch, seq_len)``. A token input whose
+sequence axis is fixed (a TensorRT engine) at another length than the one asked is bad input.
+The length fed to token inputs is recorded as ``sequence_length``. Timing, memory and the roofline are
 measured exactly as in the validate stage (``measure_latency``, ``measure_memory``,
 ``GpuMemoryProbe``, ``compress.bench.roofline``). The roofline needs the MACs: they are counted
 for a torch artifact, and taken from ``macs_per_example`` for ONNX and TensorRT files (which
@@ -80,17 +83,20 @@ def bench_artifact(
         warmup: Untimed calls per batch size; ``None``: the target's.
         iterations: Timed calls per batch size; ``None``: the target's.
         repeats: Timing sweeps; ``None``: the target's.
-        seq_len: Size of every symbolic input axis other than the batch (sequence length).
+        seq_len: Size of every symbolic input axis other than the batch (sequence length);
+            ``None``: the target's ``sequence_length`` for integer (token) inputs.
         macs_per_example: MACs of one example, for the roofline of ONNX and TensorRT artifacts.
         roofline: Measure the device rates and report the roofline floor.
 
     Returns:
-        ``{"artifact", "format", "target", "runtime", "device", "threads", "precision", "inputs",
-        "memory", "latency": {batch: stats}, "roofline"}`` (JSON-ready).
+        ``{"artifact", "format", "target", "runtime", "device", "threads", "precision",
+        "sequence_length", "inputs", "memory", "latency": {batch: stats}, "roofline"}`` (JSON-ready;
+        ``sequence_length`` is the token length fed, ``None`` without token inputs).
 
     Raises:
         BadInputError: Missing file, unknown type, a runtime that does not load the format, a
-            symbolic axis without ``seq_len``, or an artifact the runtime cannot load.
+            symbolic axis without a length, a fixed token axis of another length than asked, or
+            an artifact the runtime cannot load.
         MissingDependency: The target's runtime cannot run on this machine (the message says why).
 
     Example:
@@ -117,7 +123,7 @@ def bench_artifact(
     if any(b < 1 for b in sizes):
         raise BadInputError(f"--batch: batch sizes must be >= 1, got {sizes}")
     if seq_len is not None and seq_len < 1:
-        raise BadInputError(f"--seq-len: must be >= 1, got {seq_len}")
+        raise BadInputError(f"--seq: must be >= 1, got {seq_len}")
 
     gpu = GpuMemoryProbe(target.device, runtime.gpu_allocator)
     gpu.start()
@@ -129,7 +135,7 @@ def bench_artifact(
     )
     sess = holder[0]
     try:
-        make = _input_maker(sess, seq_len)
+        make, fed_len = _input_maker(sess, seq_len, target)
         stats = measure_latency(
             sess,
             make,
@@ -151,6 +157,7 @@ def bench_artifact(
         "device": target.device,
         "threads": target.threads,
         "precision": target.precision,
+        "sequence_length": fed_len,
         "inputs": inputs,
         "memory": memory,
         "latency": latency,
@@ -187,29 +194,61 @@ def _roofline(path: Path, fmt: str, target: Any, latency: dict[str, Any], macs: 
     )
 
 
-def _input_maker(sess: Any, seq_len: int | None) -> Callable[[int], dict[str, np.ndarray]]:
+def _is_token_input(dtype: str | None) -> bool:
+    return dtype is not None and np.dtype(dtype).kind in "iu"
+
+
+def _input_maker(
+    sess: Any, seq_len: int | None, target: Any
+) -> tuple[Callable[[int], dict[str, np.ndarray]], int | None]:
+    """Input batches for ``sess`` and the token length they carry (``None``: no token input)."""
+    target_len = getattr(target, "sequence_length", None)
+    token_len = seq_len if seq_len is not None else target_len
+    where = "--seq" if seq_len is not None else f"sequence_length {target_len} of target '{target.name}'"
     specs = list(sess.inputs)
+    sizes: list[tuple[int, ...]] = []  # non-batch axes of each input
+    fed: int | None = None
     for i, s in enumerate(specs):
         if s.shape is None:
-            if seq_len is None:
+            if token_len is None:
                 raise BadInputError(
                     f"{sess.source}: input '{s.name}' has no declared shape (a model without example_inputs, "
-                    "e.g. a Hugging Face text model); give --seq-len N to feed token ids of shape (batch, N)"
+                    "e.g. a Hugging Face text model); give --seq N (or set the target's sequence_length) to "
+                    "feed token ids of shape (batch, N)"
                 )
-            # a torch model of unknown input: token ids (batch, seq_len), the text models' input
+            # a torch model of unknown input: token ids (batch, N), the text models' input
             specs[i] = type(s)(s.name, ("batch", "sequence"), "int64")
+            sizes.append((token_len,))
+            fed = token_len
             continue
+        tokens = _is_token_input(s.dtype)
+        size = seq_len if not tokens else token_len
+        dims: list[int] = []
         for axis, d in enumerate(s.shape[1:], start=1):
-            if isinstance(d, str) and seq_len is None:
+            if isinstance(d, int):
+                if tokens and axis == 1 and token_len is not None and d != token_len:
+                    raise BadInputError(
+                        f"{sess.source}: input '{s.name}' has a fixed sequence length of {d} (a TensorRT "
+                        f"engine's profile is fixed when it is built), but {where} asks for {token_len}; "
+                        f"give --seq {d}"
+                    )
+                dims.append(d)
+            elif size is None:
                 raise BadInputError(
-                    f"{sess.source}: input '{s.name}' axis {axis} is symbolic ('{d}'); give its size with --seq-len N"
+                    f"{sess.source}: input '{s.name}' axis {axis} is symbolic ('{d}'); "
+                    "give its size with --seq N" + (" (or set the target's sequence_length)" if tokens else "")
                 )
+            else:
+                dims.append(size)
+        sizes.append(tuple(dims))
+        if tokens and len(dims) == 1:
+            fed = dims[0]
     rng = np.random.default_rng(0)
 
     def make(batch: int) -> dict[str, np.ndarray]:
         feeds: dict[str, np.ndarray] = {}
-        for s in specs:
-            shape = (batch, *(d if isinstance(d, int) else seq_len for d in s.shape[1:]))  # type: ignore[union-attr]
+        for s, rest in zip(specs, sizes, strict=True):
+            shape = (batch, *rest)
             dtype = np.dtype(s.dtype or "float32")
             if dtype.kind == "f":
                 feeds[s.name] = rng.standard_normal(shape).astype(dtype)
@@ -221,4 +260,4 @@ def _input_maker(sess: Any, seq_len: int | None) -> Callable[[int], dict[str, np
                 feeds[s.name] = rng.integers(0, 100, shape).astype(dtype)
         return feeds
 
-    return make
+    return make, fed

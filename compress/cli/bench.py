@@ -41,7 +41,13 @@ def bench(
     ] = None,
     seq_len: Annotated[
         int | None,
-        typer.Option("--seq-len", min=1, help="Size of symbolic non-batch input axes (sequence length)."),
+        typer.Option(
+            "--seq",
+            "--seq-len",
+            min=1,
+            help="Token length fed to token-id inputs (and size of other symbolic non-batch axes); "
+            "default: the target's sequence_length.",
+        ),
     ] = None,
     macs: Annotated[
         int | None,
@@ -89,7 +95,9 @@ def _print_table(out: dict[str, Any]) -> None:
     title = (
         f"{out['artifact']} on {out['target']} ({out['runtime']}, {out['device']}"
         + (f", {out['threads']} threads" if out["threads"] else "")
-        + f", {out['precision']})"
+        + f", {out['precision']}"
+        + (f", {out['sequence_length']} tokens" if out.get("sequence_length") is not None else "")
+        + ")"
     )
     table = Table(title=title, caption=f"host peak RSS {mem['peak_rss_mb']:.1f} MB; GPU peak {gpu}")
     for col in (

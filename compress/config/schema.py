@@ -231,11 +231,18 @@ class LatencyBudgetConfig(CompressConfig):
     p95_ms: float | None = Field(None, gt=0, description="Largest allowed 95th-percentile latency.")
     p99_ms: float | None = Field(None, gt=0, description="Largest allowed 99th-percentile latency.")
     min_throughput: float | None = Field(None, gt=0, description="Smallest allowed examples per second.")
+    min_speedup: float | None = Field(
+        None,
+        gt=0,
+        description="Smallest allowed p95 speed-up over the teacher: the teacher's p95 divided by the "
+        "artifact's, both measured in the same run on this target (same runtime, shapes and batch; the "
+        "teacher in FP32). Portable across machines where absolute budgets are not.",
+    )
 
     @model_validator(mode="after")
     def _some_budget(self) -> LatencyBudgetConfig:
-        if all(v is None for v in (self.p50_ms, self.p95_ms, self.p99_ms, self.min_throughput)):
-            raise ValueError("give at least one of p50_ms, p95_ms, p99_ms, min_throughput")
+        if all(v is None for v in (self.p50_ms, self.p95_ms, self.p99_ms, self.min_throughput, self.min_speedup)):
+            raise ValueError("give at least one of p50_ms, p95_ms, p99_ms, min_throughput, min_speedup")
         return self
 
 
@@ -318,6 +325,15 @@ class TargetConfig(CompressConfig):
     artifact: str = Field(description="Export artifact this target deploys, e.g. 'onnx-int8-u8'.")
     threads: int | None = Field(None, ge=1, description="Intra-op threads for CPU runtimes.")
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 32], min_length=1, description="Batch sizes timed.")
+    sequence_length: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Token length the latency is timed at (token-id inputs only; null: the data's length). Inputs are "
+            "padded with the model's pad id or truncated to this length; accuracy and agreement are always "
+            "measured on the split as tokenised. Ignored, with a note in the target's metrics, for image inputs."
+        ),
+    )
     warmup: int = Field(20, ge=0, description="Untimed runs before timing.")
     iterations: int = Field(200, ge=1, description="Timed runs per batch size.")
     repeats: int = Field(1, ge=1, le=10, description="Independent timing repetitions (run-to-run spread).")

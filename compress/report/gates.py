@@ -45,6 +45,34 @@ def _release(tname: str, t: dict[str, Any]) -> tuple[dict[str, Any] | None, str]
     return models[rel], ""
 
 
+def _speedup_gate(
+    name: str, budget: float, batch: int, t: dict[str, Any], stats: dict[str, Any] | None, why: str
+) -> dict[str, Any]:
+    """Teacher p95 / artifact p95 on one target and batch (both from the same validate run)."""
+    teacher = ((t.get("models") or {}).get("teacher") or {}).get("latency", {}).get(str(batch))
+    if stats is None or stats.get("p95_ms") is None:
+        return _gate(
+            name, False, None, budget, why or f"batch {batch} of the release artifact was not measured"
+        )
+    if teacher is None or teacher.get("p95_ms") is None:
+        reason = ((t.get("models") or {}).get("teacher") or {}).get(
+            "error"
+        ) or f"teacher not timed at batch {batch}"
+        return _gate(
+            name, False, None, budget, f"speed-up needs the teacher's p95 on the same target: {reason}"
+        )
+    ratio = teacher["p95_ms"] / stats["p95_ms"]
+    ok = ratio >= budget
+    return _gate(
+        name,
+        ok,
+        round(ratio, 4),
+        budget,
+        f"{t.get('release_artifact')} p95 {stats['p95_ms']:.3f} ms vs teacher {teacher['p95_ms']:.3f} ms: "
+        f"{ratio:.2f}x {'>=' if ok else '<'} {budget}x",
+    )
+
+
 def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """Evaluate every configured gate against the manifest.
 
@@ -53,7 +81,9 @@ def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[st
     """
     results: list[dict[str, Any]] = []
     targets = collect_targets(manifest)
-    per_artifact = [n for n in ("accuracy", "agreement", "size", "peak_memory") if getattr(gates, n) is not None]
+    per_artifact = [
+        n for n in ("accuracy", "agreement", "size", "peak_memory") if getattr(gates, n) is not None
+    ]
     for gname in per_artifact:
         if not targets:
             results.append(_gate(gname, False, None, None, f"{gname}: no validate stage measured any target"))
@@ -64,8 +94,15 @@ def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[st
             g = gates.accuracy
             name = f"accuracy[{tname}]"
             budget = {"max_drop": g.max_drop, "relative": g.relative}
-            if rel is None or teacher is None or rel.get("accuracy") is None or teacher.get("accuracy") is None:
-                results.append(_gate(name, False, None, budget, why or "accuracy of teacher or artifact missing"))
+            if (
+                rel is None
+                or teacher is None
+                or rel.get("accuracy") is None
+                or teacher.get("accuracy") is None
+            ):
+                results.append(
+                    _gate(name, False, None, budget, why or "accuracy of teacher or artifact missing")
+                )
             else:
                 drop = teacher["accuracy"] - rel["accuracy"]
                 if g.relative:
@@ -89,7 +126,13 @@ def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[st
             else:
                 ok = val >= gates.agreement.min
                 results.append(
-                    _gate(name, ok, val, gates.agreement.min, f"top-1 agreement {val:.4f} {'>=' if ok else '<'} {gates.agreement.min}")
+                    _gate(
+                        name,
+                        ok,
+                        val,
+                        gates.agreement.min,
+                        f"top-1 agreement {val:.4f} {'>=' if ok else '<'} {gates.agreement.min}",
+                    )
                 )
         if gates.size is not None:
             name = f"size[{tname}]"
@@ -99,7 +142,13 @@ def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[st
             else:
                 ok = val <= gates.size.max_mb
                 results.append(
-                    _gate(name, ok, val, gates.size.max_mb, f"{val:.4f} MB {'<=' if ok else '>'} {gates.size.max_mb} MB")
+                    _gate(
+                        name,
+                        ok,
+                        val,
+                        gates.size.max_mb,
+                        f"{val:.4f} MB {'<=' if ok else '>'} {gates.size.max_mb} MB",
+                    )
                 )
         if gates.peak_memory is not None:
             results.append(_peak_memory_gate(gates.peak_memory, tname, t, rel, why))
@@ -109,15 +158,23 @@ def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[st
         checks = [(k, getattr(budget, k)) for k in ("p50_ms", "p95_ms", "p99_ms", "min_throughput")]
         checks = [(k, v) for k, v in checks if v is not None]
         if t is None:
+            if budget.min_speedup is not None:
+                checks.append(("min_speedup", budget.min_speedup))
             for k, v in checks:
                 results.append(_gate(f"{base}.{k}", False, None, v, f"target '{tname}' was not validated"))
             continue
         rel, why = _release(tname, t)
         stats = None if rel is None else (rel.get("latency") or {}).get(str(budget.batch))
+        if budget.min_speedup is not None:
+            results.append(
+                _speedup_gate(f"{base}.min_speedup", budget.min_speedup, budget.batch, t, stats, why)
+            )
         for k, v in checks:
             name = f"{base}.{k}"
             if stats is None:
-                results.append(_gate(name, False, None, v, why or f"batch {budget.batch} was not measured on '{tname}'"))
+                results.append(
+                    _gate(name, False, None, v, why or f"batch {budget.batch} was not measured on '{tname}'")
+                )
                 continue
             key = "throughput_per_s" if k == "min_throughput" else k
             val = stats.get(key)
@@ -127,17 +184,33 @@ def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[st
             ok = val >= v if k == "min_throughput" else val <= v
             unit = "/s" if k == "min_throughput" else " ms"
             cmp = (">=" if ok else "<") if k == "min_throughput" else ("<=" if ok else ">")
-            results.append(_gate(name, ok, round(val, 4), v, f"{t.get('release_artifact')} {key} {val:.3f}{unit} {cmp} {v}{unit}"))
+            results.append(
+                _gate(
+                    name,
+                    ok,
+                    round(val, 4),
+                    v,
+                    f"{t.get('release_artifact')} {key} {val:.3f}{unit} {cmp} {v}{unit}",
+                )
+            )
     # gates a stage declared itself (e.g. prune's latency budget): the stage measured, the run gates
     for st in manifest.get("stages", []):
         for g in (st.get("metrics") or {}).get("gates") or []:
             results.append(
-                _gate(str(g["name"]), bool(g["passed"]), g.get("measured"), g.get("budget"), str(g.get("message", "")))
+                _gate(
+                    str(g["name"]),
+                    bool(g["passed"]),
+                    g.get("measured"),
+                    g.get("budget"),
+                    str(g.get("message", "")),
+                )
             )
     return results
 
 
-def _peak_memory_gate(g: Any, tname: str, t: dict[str, Any], rel: dict[str, Any] | None, why: str) -> dict[str, Any]:
+def _peak_memory_gate(
+    g: Any, tname: str, t: dict[str, Any], rel: dict[str, Any] | None, why: str
+) -> dict[str, Any]:
     """``peak_memory[<target>]``: the release artifact's peak memory on a target, failing closed."""
     name = f"peak_memory[{tname}]"
     key = g.metric if g.metric != "auto" else ("gpu_peak_mb" if t.get("device") == "cuda" else "peak_rss_mb")
@@ -151,6 +224,9 @@ def _peak_memory_gate(g: Any, tname: str, t: dict[str, Any], rel: dict[str, Any]
         return _gate(name, False, None, budget, f"{key} was not measured on '{tname}'{detail}")
     ok = val <= g.max_mb
     return _gate(
-        name, ok, round(val, 3), budget,
+        name,
+        ok,
+        round(val, 3),
+        budget,
         f"{t.get('release_artifact')} {key} {val:.1f} MB {'<=' if ok else '>'} {g.max_mb} MB",
     )

@@ -27,7 +27,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from compress.report.markdown import build_metrics, manifest_split
+from compress.report.markdown import build_metrics, manifest_split, timed_shape
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1200px;
@@ -380,7 +380,9 @@ def render_html(manifest: dict[str, Any]) -> str:
         )
         if tv.get("release_missing"):
             parts.append(f'<p class="bad">{_e(tv["release_missing"])}</p>')
-        parts.append(_target_table(tv.get("models") or {}))
+        if tv.get("sequence_length_note"):
+            parts.append(f'<p class="note">Note: {_e(tv["sequence_length_note"])}.</p>')
+        parts.append(_target_table(tv.get("models") or {}, tv))
         parts.extend(plots.get(f"target:{tname}", []))
     if plots.get("training"):
         parts.append("<h2>Training curves</h2>")
@@ -403,13 +405,14 @@ def _model_cells(mm: dict[str, Any]) -> list[str]:
     ]
 
 
-def _target_table(models: dict[str, Any]) -> str:
+def _target_table(models: dict[str, Any], target: dict[str, Any]) -> str:
     batches = sorted({int(b) for mv in models.values() for b in (mv.get("latency") or {})})
     big = str(max(batches)) if batches else None
     head = ["model", "accuracy", "agreement", "size (MB)", "host peak RSS (MB)", "GPU peak (MB)"]
     for b in batches:
-        head += [f"p50 / p95 / p99 ms @{b}", f"throughput/s @{b}"]
-    head += ["clock", f"floor ms @{big}", f"p95 / floor @{big}"]
+        head += [f"p50 / p95 / p99 ms @{timed_shape(b, target)}", f"throughput/s @{timed_shape(b, target)}"]
+    shape = timed_shape(big, target) if big else None
+    head += ["clock", f"floor ms @{shape}", f"p95 / floor @{shape}"]
     rows = []
     for name, mv in models.items():
         if "error" in mv:

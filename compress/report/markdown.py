@@ -104,10 +104,12 @@ def render_markdown(manifest: dict[str, Any]) -> str:
             continue
         info = ", ".join(f"{k} {tv[k]}" for k in ("runtime", "device", "threads") if tv.get(k) is not None)
         lines += [f"{info}; release artifact `{tv.get('release_artifact')}`; split `{manifest_split(manifest)}`.", ""]
+        if tv.get("sequence_length_note"):
+            lines += [f"Note: {tv['sequence_length_note']}.", ""]
         models = tv.get("models", {})
         batches = sorted({int(b) for mv in models.values() for b in (mv.get("latency") or {})})
         head = "| model | accuracy | agreement | size (MB) |" + "".join(
-            f" p50 / p95 / p99 ms @{b} | throughput/s @{b} |" for b in batches
+            f" p50 / p95 / p99 ms @{timed_shape(b, tv)} | throughput/s @{timed_shape(b, tv)} |" for b in batches
         )
         lines += [head, "|" + "---|" * (4 + 2 * len(batches))]
         for name, mv in models.items():
@@ -129,6 +131,12 @@ def render_markdown(manifest: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def timed_shape(batch: int | str, target: dict[str, Any]) -> str:
+    """The timed input shape for a column header: ``32``, or ``32x128`` (batch x tokens) for token inputs."""
+    seq = target.get("sequence_length")
+    return f"{batch}" if seq is None else f"{batch}x{seq}"
 
 
 def manifest_split(manifest: dict[str, Any]) -> str:

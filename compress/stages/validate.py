@@ -18,6 +18,17 @@ with one runtime and the same shapes for every model:
   teacher's for the teacher and the exported model's for every artifact, weights at
   the precision the model runs in, over the target device's measured rates).
 
+Token-id inputs (2-D integer arrays) are timed at the target's ``sequence_length``: every
+timed row (and the memory probe's largest batch) is padded on the right with the teacher's
+``pad_token_id`` (0 when it has none) or truncated to that length, and the roofline's MACs
+are counted at it; ``null`` times at the data's length. Accuracy and agreement are always
+measured on the split as tokenised. The length used is recorded as ``sequence_length``
+(``null`` for image inputs; a target that sets one for image inputs gets
+``sequence_length_note`` and is timed at the data's shape, since one target file serves many
+pipelines). A model whose input has a fixed sequence axis of another length (a TensorRT
+engine built for the data's length) is recorded with ``error``; the teacher's engine is
+built at the timed length.
+
 A target whose runtime cannot run on this machine (no GPU, package or provider
 missing) is recorded with ``ran: false`` and the reason instead of failing the
 run; the gates then fail closed. A target whose release artifact was not
@@ -29,6 +40,7 @@ Metrics (read by the gates and the report)::
     {"split": "test",
      "targets": {"cpu-ort": {
         "ran": true, "reason": null, "runtime": "onnxruntime", "device": "cpu", "threads": 2,
+        "sequence_length": null,                         # token inputs: the length timed
         "release_artifact": "onnx-int8-u8",            # + "release_missing": "<why>" when absent
         "models": {"teacher": {"accuracy": 0.97, "agreement": 1.0, "size_mb": 0.41,
                                "memory": {"rss_delta_mb": .., "peak_rss_mb": ..,
@@ -84,6 +96,11 @@ class ValidateStageConfig(StageConfig):
         None, ge=1, description="Timed runs per batch size, overriding the targets'."
     )
     warmup: int | None = Field(None, ge=0, description="Untimed runs before timing, overriding the targets'.")
+    artifacts: Literal["all", "release"] | list[str] = Field(
+        "all",
+        description="Artifacts measured on each target beside the teacher: 'all' (every artifact of a format "
+        "the target's runtime loads), 'release' (only the target's own release artifact) or a list of names.",
+    )
     roofline: bool = Field(
         True,
         description="Measure the device's matrix and copy rates once and report each model's roofline floor.",
@@ -152,15 +169,19 @@ class ValidateStage(Stage):
         teacher_sources: dict[str, Any],
     ) -> dict[str, Any]:
         t = ctx.targets[name]
+        seq, seq_note = _timed_length(split, t.sequence_length, name)
         out: dict[str, Any] = {
             "ran": False,
             "reason": None,
             "runtime": t.runtime,
             "device": t.device,
             "threads": t.threads,
+            "sequence_length": seq,
             "release_artifact": t.artifact,
             "models": {},
         }
+        if seq_note is not None:
+            out["sequence_length_note"] = seq_note
         try:
             runtime = RUNTIMES.get(t.runtime)
         except UnknownNameError as e:
@@ -187,6 +208,8 @@ class ValidateStage(Stage):
             ctx.reporter.line(f"  validate {name}: not run here: {out['reason']}")
             return out
         out["ran"] = True
+        if seq is not None:
+            split = split.at_length(seq, _pad_token_id(ctx.teacher))
 
         batch_sizes = list(dict.fromkeys(cfg.batch_sizes or t.batch_sizes))
         timing = {
@@ -197,16 +220,21 @@ class ValidateStage(Stage):
         }
         models: list[tuple[str, Any, str | None, str]] = []  # (name, source, path rel. to run dir, precision)
         try:
-            tsrc, tpath = self._teacher_source(ctx, runtime, teacher_sources, batch_sizes)
+            tsrc, tpath = self._teacher_source(ctx, runtime, teacher_sources, batch_sizes, split)
             models.append((TEACHER, tsrc, tpath, "fp32"))
         except CompressError as e:
             out["models"][TEACHER] = {"error": str(e)}
             ctx.reporter.line(f"  validate {name}: teacher: error: {e}")
         for art in ctx.artifacts.values():
-            if art.format in runtime.formats:
+            wanted = (
+                cfg.artifacts == "all"
+                or (cfg.artifacts == "release" and art.name == t.artifact)
+                or (isinstance(cfg.artifacts, list) and (art.name in cfg.artifacts or art.name == t.artifact))
+            )
+            if wanted and art.format in runtime.formats:
                 models.append((art.name, ctx.run_dir / art.path, art.path, art.precision))
 
-        costs = self._costs(ctx) if cfg.roofline else {}
+        costs = self._costs(ctx, split) if cfg.roofline else {}
         teacher_preds: np.ndarray | None = None
         for model_name, source, rel_path, precision in models:
             try:
@@ -232,39 +260,49 @@ class ValidateStage(Stage):
                 )
             out["models"][model_name] = _ordered(entry)
             big = str(max(batch_sizes))
+            shape = big if seq is None else f"{big}x{seq}"
             agreement = "n/a" if entry["agreement"] is None else f"{entry['agreement']:.4f}"
             ctx.reporter.line(
                 f"  validate {name}: {model_name:<14} accuracy {entry['accuracy']:.4f}  "
-                f"agreement {agreement}  p95@{big} {entry['latency'][big]['p95_ms']:.3f} ms  "
+                f"agreement {agreement}  p95@{shape} {entry['latency'][big]['p95_ms']:.3f} ms  "
                 f"{entry['size_mb']:.3f} MB"
             )
         return out
 
-    def _costs(self, ctx: StageContext) -> dict[str, tuple[int, int] | str]:
-        """(MACs per example, parameters) of the teacher and of the exported model, or why not."""
+    def _costs(self, ctx: StageContext, split: _Split) -> dict[str, tuple[int, int] | str]:
+        """(MACs per example at the timed shape, parameters) of the teacher and of the exported model, or why not."""
         from compress.models.stats import count_macs, count_params
 
         out: dict[str, tuple[int, int] | str] = {}
+        example = _timed_example(ctx, split, 1)
         for key, model in ((TEACHER, ctx.teacher), ("model", ctx.model)):
             try:
-                out[key] = (count_macs(model, ctx.example_inputs(1)), count_params(model))
+                out[key] = (count_macs(model, example), count_params(model))
             except Exception as e:  # a model the FLOP counter cannot trace: the floor is just not reported
                 out[key] = f"MACs could not be counted: {type(e).__name__}: {e}"
         return out
 
     def _teacher_source(
-        self, ctx: StageContext, runtime: type[Session], cache: dict[str, Any], batch_sizes: list[int]
+        self,
+        ctx: StageContext,
+        runtime: type[Session],
+        cache: dict[str, Any],
+        batch_sizes: list[int],
+        split: _Split | None = None,
     ) -> tuple[Any, str | None]:
         """The teacher in a form ``runtime`` loads: the module (torch), an FP32 ONNX file or an FP32 engine."""
         if "torch" in runtime.formats:
             return ctx.teacher, None
         if "tensorrt" in runtime.formats:
-            key = f"engine@{batch_sizes}"
+            # an engine's profile fixes the non-batch axes: build it at the timed sequence length
+            length = None if split is None else split.length
+            key = f"engine@{batch_sizes}@{length}"
             if key not in cache:
                 from compress.export.tensorrt import build_teacher_engine
 
+                folder = "teacher-trt" if length is None else f"teacher-trt-seq{length}"
                 cache[key] = build_teacher_engine(
-                    ctx.teacher, ctx.stage_dir / "teacher-trt", ctx.example_inputs(2), batch_sizes=batch_sizes
+                    ctx.teacher, ctx.stage_dir / folder, _timed_example(ctx, split, 2), batch_sizes=batch_sizes
                 ).plan_path
             return cache[key], _relative(cache[key], ctx.run_dir)
         if "onnx" in runtime.formats:
@@ -283,26 +321,83 @@ class ValidateStage(Stage):
 
 
 class _Split:
-    """The evaluation split as NumPy arrays, plus seeded batch drawing for timing."""
+    """The evaluation split as NumPy arrays, plus seeded batch drawing for timing.
 
-    def __init__(self, inputs: np.ndarray, labels: np.ndarray, *, seed: int) -> None:
+    ``inputs`` are the split as tokenised (accuracy, agreement); ``timed`` are the rows timing and
+    the memory probe feed: the same array, or token ids padded/truncated to ``length``.
+    """
+
+    def __init__(
+        self,
+        inputs: np.ndarray,
+        labels: np.ndarray,
+        *,
+        seed: int,
+        timed: np.ndarray | None = None,
+        length: int | None = None,
+    ) -> None:
         self.inputs = inputs
         self.labels = labels
         self.seed = seed
+        self.timed = inputs if timed is None else timed
+        self.length = length
+
+    @property
+    def is_tokens(self) -> bool:
+        """Whether the inputs are token ids: (N, L) integers."""
+        return self.inputs.ndim == 2 and self.inputs.dtype.kind in "iu"
+
+    def at_length(self, length: int, pad_id: int) -> _Split:
+        """This split with timed rows of token ids right-padded with ``pad_id`` or truncated to ``length``."""
+        have = self.inputs.shape[1]
+        if length <= have:
+            timed = np.ascontiguousarray(self.inputs[:, :length])
+        else:
+            timed = np.full((len(self.inputs), length), pad_id, dtype=self.inputs.dtype)
+            timed[:, :have] = self.inputs
+        return _Split(self.inputs, self.labels, seed=self.seed, timed=timed, length=length)
 
     def rows(self, batch: int) -> np.ndarray:
-        """The first ``batch`` rows (cycled when the split is smaller)."""
-        return self.inputs[np.arange(batch) % len(self.inputs)]
+        """The first ``batch`` timed rows (cycled when the split is smaller)."""
+        return self.timed[np.arange(batch) % len(self.timed)]
 
     def sampler(self, input_name: str) -> Callable[[int], dict[str, np.ndarray]]:
-        """A ``make_inputs`` for ``measure_latency``: random rows, same sequence for every model."""
+        """A ``make_inputs`` for ``measure_latency``: random timed rows, same sequence for every model."""
         rng = np.random.default_rng(self.seed)
-        n = len(self.inputs)
+        n = len(self.timed)
 
         def make_inputs(batch: int) -> dict[str, np.ndarray]:
-            return {input_name: self.inputs[rng.choice(n, size=batch, replace=batch > n)]}
+            return {input_name: self.timed[rng.choice(n, size=batch, replace=batch > n)]}
 
         return make_inputs
+
+
+def _timed_length(split: _Split, asked: int | None, target: str) -> tuple[int | None, str | None]:
+    """The sequence length a target times at (``None`` for non-token inputs) and a note when ``asked`` is unused."""
+    if split.is_tokens:
+        return (split.inputs.shape[1] if asked is None else asked), None
+    if asked is None:
+        return None, None
+    shape = "x".join(str(d) for d in split.inputs.shape[1:])
+    return None, (
+        f"sequence_length {asked} of target '{target}' not applied: the inputs are not token ids "
+        f"({split.inputs.dtype} examples of shape {shape}); timed at the data's shape"
+    )
+
+
+def _pad_token_id(teacher: Any) -> int:
+    """The teacher's padding id (``SourceModel.pad_token_id``, else its HF config's), else 0."""
+    pad = getattr(teacher, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(getattr(teacher, "config", None), "pad_token_id", None)
+    return 0 if pad is None else int(pad)
+
+
+def _timed_example(ctx: StageContext, split: _Split | None, batch: int) -> torch.Tensor:
+    """``batch`` timed rows as a tensor (token inputs at the timed length), else the context's example."""
+    if split is None or split.length is None:
+        return ctx.example_inputs(batch)
+    return torch.from_numpy(split.rows(batch).copy())
 
 
 def _measure_model(
@@ -323,6 +418,7 @@ def _measure_model(
     def load_and_run_largest() -> None:
         sess = runtime.load(source, device=device, threads=threads, precision=precision)
         holder.append(sess)
+        _check_fixed_length(sess, split.length)
         sess.run({_single_input(sess): split.rows(largest)})
         sess.synchronize()
 
@@ -376,6 +472,18 @@ def _roofline(
     )
     out["gemm_precision"] = "fp32" if target.device == "cpu" else (precision or "fp32")
     return out
+
+
+def _check_fixed_length(sess: Session, length: int | None) -> None:
+    """Fail with the fix when the model's sequence axis is fixed at another length than the timed one."""
+    shape = sess.inputs[0].shape if len(sess.inputs) == 1 else None
+    if length is None or shape is None or len(shape) != 2 or not isinstance(shape[1], int) or shape[1] == length:
+        return
+    raise BadInputError(
+        f"{sess.source} takes token sequences of fixed length {shape[1]} (a TensorRT engine's profile is "
+        f"fixed at export), but this target times at sequence length {length}; set the target's "
+        f"sequence_length to {shape[1]} (or null for the data's length) or build the engine for {length}"
+    )
 
 
 def _single_input(sess: Session) -> str:

@@ -142,9 +142,43 @@ def test_bench_text_model_needs_seq_len(files, tmp_path):
     save_model(build_model("hf", {"path": str(tmp_path / "bert"), "num_labels": 3}).eval(), tmp_path / "bert.pt")
     args = ["bench", str(tmp_path / "bert.pt"), "-t", "tiny-torch", "--deploy-dir", str(files["deploy"]), "-b", "2"]
     r = runner.invoke(app, args)
-    assert r.exit_code == 2 and "give --seq-len N" in r.stderr
+    assert r.exit_code == 2 and "give --seq N" in r.stderr
     r = runner.invoke(app, [*args, "--seq-len", "8", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["latency"]["2"]["iterations"] == 5
+    assert out["latency"]["2"]["iterations"] == 5 and out["sequence_length"] == 8
     assert "pass --macs" in out["roofline"]["unavailable"]
+
+
+@pytest.fixture(scope="module")
+def bert_onnx(tmp_path_factory):
+    """A tiny HF BERT as ONNX (dynamic batch and sequence axes) and a target timing 12 tokens."""
+    pytest.importorskip("transformers")
+    from compress.models import build_model
+
+    root = tmp_path_factory.mktemp("bert-bench")
+    cfg = {"model_type": "bert", "num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2,
+           "intermediate_size": 32, "vocab_size": 100, "max_position_embeddings": 32}  # fmt: skip
+    model = build_model("hf", {"hf_config": cfg, "num_labels": 3}).eval()
+    path = export_onnx(model, root / "bert.onnx", torch.randint(1, 100, (2, 6)))
+    (root / "deploy").mkdir()
+    (root / "deploy" / "seq-ort.yaml").write_text(
+        TARGET.format(name="seq-ort", device="cpu", runtime="onnxruntime") + "sequence_length: 12\n"
+    )
+    return {"onnx": Path(path), "deploy": root / "deploy"}
+
+
+def test_bench_feeds_the_targets_sequence_length_and_seq_overrides_it(bert_onnx, monkeypatch):
+    from compress.runtime import Session
+
+    fed: list[tuple[int, ...]] = []
+    original = Session.run
+    monkeypatch.setattr(Session, "run", lambda self, x: fed.extend(a.shape for a in x.values()) or original(self, x))
+    args = ["bench", str(bert_onnx["onnx"]), "-t", "seq-ort", "--deploy-dir", str(bert_onnx["deploy"]), "-b", "2"]
+    r = runner.invoke(app, [*args, "--json", "--no-roofline"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["sequence_length"] == 12 and set(fed) == {(2, 12)}
+    fed.clear()
+    r = runner.invoke(app, [*args, "--seq", "5"])
+    assert r.exit_code == 0, r.output
+    assert set(fed) == {(2, 5)} and "5 tokens" in r.stdout

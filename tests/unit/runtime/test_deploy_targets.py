@@ -36,6 +36,7 @@ def test_cpu_ort_target() -> None:
         "artifact": "onnx-int8-u8",
         "threads": 2,
         "batch_sizes": [1, 32],
+        "sequence_length": 64,
         "warmup": 20,
         "iterations": 200,
         "repeats": 1,

@@ -207,3 +207,19 @@ def test_teacher_export_failure_is_recorded(run: dict[str, Any]) -> None:
     t = ValidateStage().run(ctx, ValidateStageConfig(targets=["cpu-ort"])).metrics["targets"]["cpu-ort"]
     assert "ONNX export" in t["models"]["teacher"]["error"]
     assert t["models"]["onnx-fp32"]["agreement"] is None  # no teacher predictions to agree with
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [("all", ["teacher", "onnx-fp32", "onnx-copy"]), ("release", ["teacher", "onnx-fp32"]),
+     (["onnx-copy"], ["teacher", "onnx-fp32", "onnx-copy"])],
+)  # fmt: skip
+def test_artifacts_choice_limits_what_each_target_measures(run: dict[str, Any], choice: Any, expected: list[str]) -> None:
+    arts = [
+        Artifact("onnx-fp32", "artifacts/model.fp32.onnx", "onnx", "fp32"),
+        Artifact("onnx-copy", "artifacts/model.fp32.onnx", "onnx", "fp32"),
+    ]
+    ctx = _ctx(run, {"cpu-ort": _target(batch_sizes=[8], iterations=1)}, artifacts=arts)
+    cfg = ValidateStageConfig(targets=["cpu-ort"], artifacts=choice, roofline=False)
+    models = ValidateStage().run(ctx, cfg).metrics["targets"]["cpu-ort"]["models"]
+    assert list(models) == expected  # the release artifact is always measured; a list adds to it
