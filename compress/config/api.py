@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -192,7 +194,8 @@ def _check_references(loaded: LoadedPipeline, deploy_override: Path | None) -> l
         )
     elif ck is not None and not Path(ck).is_file():
         msgs.append(f"{loaded.where(('teacher', 'checkpoint'))}: file {ck} not found; fix the path (relative to the YAML)")
-    msgs.extend(_check_teacher_builds(loaded))
+    teacher_msgs, teacher_meta = _build_teacher_meta(loaded)
+    msgs.extend(teacher_msgs)
     msgs.extend(_check_data(loaded))
     provides_teacher = any(getattr(STAGES.get(e.kind), "provides_teacher", False) for e in cfg.stages)
     if ck is None and not provides_teacher:
@@ -226,6 +229,10 @@ def _check_references(loaded: LoadedPipeline, deploy_override: Path | None) -> l
             except ConfigError as err:
                 msgs.extend(err.problems)
     msgs.extend(_check_target_artifacts(loaded))
+    msgs.extend(_check_prune_latency_targets(loaded, deploy_dir, available))
+    if teacher_meta is not None:
+        msgs.extend(_check_quant_overrides(loaded, teacher_meta))
+    msgs.extend(_check_tracking(loaded))
     gates = cfg.gates
     for tname in gates.latency:
         where = loaded.where(("gates", "latency", tname))
@@ -270,12 +277,16 @@ class _TooManyModulesError(Exception):
     pass
 
 
-def _check_teacher_builds(loaded: LoadedPipeline) -> list[str]:
+def _build_teacher_meta(loaded: LoadedPipeline) -> tuple[list[str], Any]:
     """Build the teacher on PyTorch's ``meta`` device (no memory, no weights) to check ``teacher.config``.
 
     The runner builds it for real (and loads the checkpoint) before it writes anything; this
     catches a wrong builder argument already in ``compress validate``, and stops a size typo
     (``depth: 100000000``) after ``MAX_TEACHER_MODULES`` submodules instead of filling memory.
+
+    Returns:
+        The problems, and the meta-device teacher (``None`` when it could not be built; later
+        checks that need its module names are then skipped).
     """
     import torch
     from torch.nn.modules.module import register_module_module_registration_hook
@@ -299,22 +310,261 @@ def _check_teacher_builds(loaded: LoadedPipeline) -> list[str]:
 
             config["path"] = str(resolve_path(config["path"], base_dir=loaded.path.parent))
         with torch.device("meta"):
-            build_model(t.family, config)
+            model = build_model(t.family, config)
     except _TooManyModulesError:
         return [
             f"{loaded.where(('teacher', 'config'))}: {dict(t.config)} builds more than "
             f"{MAX_TEACHER_MODULES:,} modules; check the sizes (depth, layers) in teacher.config"
-        ]
+        ], None
     except NotImplementedError:
-        return []  # an operation the meta device lacks: the runner's real build decides
+        return [], None  # an operation the meta device lacks: the runner's real build decides
     except Exception as e:  # builders raise TypeError, ValueError, ZeroDivisionError, RuntimeError...
         return [
             f"{loaded.where(('teacher', 'config'))}: family '{t.family}' cannot build {dict(t.config)} "
             f"({type(e).__name__}: {str(e)[:200]}); fix teacher.config (see the family's builder arguments)"
-        ]
+        ], None
     finally:
         handle.remove()
-    return []
+    return [], model
+
+
+def _check_prune_latency_targets(
+    loaded: LoadedPipeline, deploy_dir: Path | None, available: dict[str, Path]
+) -> list[str]:
+    """A stage's ``target: {latency: {target: NAME}}`` (``prune``) must name a deploy target that the
+    stage can time candidates on: it exists in the deploy folder and loads, its runtime loads torch
+    modules or ONNX files, and it can run on this machine.
+
+    These are the checks the stage makes when it starts (``compress.stages.prune``), made before
+    any work. A loaded target joins ``loaded.targets``, so the stage times on the file checked here.
+    The budget's ``batch`` is timed as given and need not be among the target's ``batch_sizes``
+    (those are what a ``validate`` stage measures).
+    """
+    from compress.prune.config import PruneTargetConfig
+    from compress.runtime import RUNTIMES
+
+    msgs: list[str] = []
+    # a target file that failed to load is reported once (here or where a stage's `targets` names it)
+    tried = {
+        str(n)
+        for e in loaded.config.stages
+        if isinstance(getattr(e.config, "targets", None), list)
+        for n in e.config.targets
+    }
+    for i, e in enumerate(loaded.config.stages):
+        target_cfg = getattr(e.config, "target", None)
+        if not isinstance(target_cfg, PruneTargetConfig) or target_cfg.latency is None:
+            continue
+        name = target_cfg.latency.target
+        at = ("stages", i, e.kind, "target", "latency", "target")
+        where = loaded.where(at)
+        if name not in available:
+            if deploy_dir is None:
+                msgs.append(
+                    f"{where}: target '{name}': no deploy/ folder found beside or above the pipeline; "
+                    "pass --deploy-dir"
+                )
+            else:
+                msgs.append(
+                    f"{where}: unknown deploy target '{name}'{did_you_mean(name, list(available))}; "
+                    f"targets in {deploy_dir}: {', '.join(available) or '(none)'} "
+                    f"(fix the name or add {deploy_dir / (name + '.yaml')})"
+                )
+            continue
+        target = loaded.targets.get(name)
+        if target is None:
+            if name in tried:
+                continue
+            tried.add(name)
+            try:
+                target = load_target(available[name])
+            except ConfigError as err:
+                msgs.extend(err.problems)
+                continue
+            loaded.targets[name] = target
+        runtime = RUNTIMES.get(target.runtime)
+        if not runtime.formats & {"torch", "onnx"}:
+            msgs.append(
+                f"{where}: target '{name}' uses runtime '{target.runtime}', which loads "
+                f"{', '.join(sorted(runtime.formats))} files; the prune stage times each candidate as a "
+                "torch module or an FP32 ONNX file, so pick a target with a torch or onnxruntime runtime "
+                "(e.g. cpu-ort-fp32)"
+            )
+            continue
+        ok, why = runtime.can_run_here(target.device)
+        if not ok:
+            msgs.append(
+                f"{where}: target '{name}' cannot run on this machine ({why}); the prune stage times "
+                "candidates on it, so run the pipeline where it can (`compress targets` lists what runs "
+                "here) or pick another target"
+            )
+    return msgs
+
+
+def _check_tracking(loaded: LoadedPipeline) -> list[str]:
+    """``tracking:``: the backend's packages are installed (the backend's own check, before any work)."""
+    from compress.tracking import TRACKERS
+
+    t = loaded.config.tracking
+    if t is None:
+        return []
+    where = loaded.where(("tracking",))
+    return [f"{where}: {m}" for m in TRACKERS.get(t.backend).missing_dependencies(t)]
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_REGEX_HINT = re.compile(r"[\\^$+(){}|]")
+"""Characters that suggest a regular expression where an fnmatch glob is expected."""
+
+
+def _check_quant_overrides(loaded: LoadedPipeline, teacher_meta: Any) -> list[str]:
+    """Every ``quant.overrides[j].pattern`` must match a quantizable module of the model entering that stage.
+
+    ``prepare_qat`` refuses unmatched patterns when the ``qat`` stage starts; this makes the same
+    check before any work, on module names of meta-device models (no weights, no memory): the
+    teacher (from ``teacher.config``, or the architecture stored in a compress model file given
+    as ``teacher.checkpoint``), then the architecture changes earlier stages make to module
+    names (see ``_architectures``). Where that derivation fails (an operation the meta device
+    lacks, a student spec that does not fit, an unreadable checkpoint) the check is left to the
+    stage.
+    """
+    import copy
+
+    from compress.distill.student import layer_stack
+    from compress.quant.api import is_quantized, quantizable_module_names, unmatched_override_patterns
+    from compress.quant.config import QuantConfig
+
+    wanted = {
+        i
+        for i, e in enumerate(loaded.config.stages)
+        if isinstance(getattr(e.config, "quant", None), QuantConfig) and e.config.quant.overrides
+    }
+    if not wanted:
+        return []
+    msgs: list[str] = []
+    try:
+        for i, e, model, how in _architectures(loaded, teacher_meta, until=max(wanted)):
+            if i not in wanted:
+                continue
+            if is_quantized(model):
+                return []  # a quantized teacher file: the qat stage refuses it with its own message
+            quant: QuantConfig = e.config.quant
+            names = quantizable_module_names(copy.deepcopy(model), quant)
+            unmatched = set(unmatched_override_patterns(quant, names))
+            shapes = _name_shapes(names)
+            try:
+                stack_name, stack = layer_stack(model)
+                layers = f"; layer stack '{stack_name}': {len(stack)} layer(s), numbered from 0"
+            except ValueError:
+                layers = ""
+            for j, o in enumerate(quant.overrides):
+                if o.pattern not in unmatched:
+                    continue
+                hint = (
+                    "; patterns are fnmatch globs (* ? [..]), not regular expressions"
+                    if _REGEX_HINT.search(o.pattern)
+                    else ""
+                )
+                # a misspelt name gets the closest name; a glob is rarely fixed by the closest string
+                close = "" if _GLOB_CHARS.search(o.pattern) else did_you_mean(o.pattern, names)
+                msgs.append(
+                    f"{loaded.where(('stages', i, e.kind, 'quant', 'overrides', j, 'pattern'))}: got "
+                    f"'{o.pattern}', which matches no quantizable module of the model entering {e.kind} "
+                    f"({type(model).__name__}: {how}){close}; its {len(names)} quantizable modules "
+                    f"(numbers as *): {', '.join(shapes)}{layers}{hint}; give an exact module name or a "
+                    "glob that matches one, or remove the override"
+                )
+    except Exception:  # noqa: BLE001 - the meta-device derivation failed: the qat stage's own check decides
+        return []
+    return msgs
+
+
+def _name_shapes(names: list[str]) -> list[str]:
+    """Module names with every numeric path part as ``*``, first occurrence order (``blocks.*.attn.q``)."""
+    out: dict[str, None] = {}
+    for n in names:
+        out[".".join("*" if part.isdigit() else part for part in n.split("."))] = None
+    return list(out)
+
+
+def _architectures(
+    loaded: LoadedPipeline, teacher_meta: Any, *, until: int
+) -> Iterator[tuple[int, Any, Any, str]]:
+    """``(index, entry, model, how)`` for stages ``0..until``: the architecture entering each stage.
+
+    Built on the meta device, following the architecture changes that decide module names:
+
+    * the start is the teacher; a ``teacher.checkpoint`` that is a compress model file carries
+      its own architecture (read with ``weights_only=True`` and ``mmap``, so its tensors are not
+      read);
+    * a stage config with a ``student`` field (``distill``) builds the student from the teacher,
+      from its own ``student`` or, for the first such stage, the pipeline's ``student:``: the
+      layers ``keep_layers`` / ``num_layers`` keep (renumbered), or ``student.model``. Width
+      settings (``width``, ``heads``, ``ffn``, ``hidden``) narrow layers and keep every name;
+    * a ``layers: {drop: N}`` (``prune``) drops N layers of the layer stack; the stack is
+      renumbered, so the names are those of the first ``len - N`` layers whichever go.
+
+    Channel, head and neuron pruning keep every module name.
+
+    Raises:
+        Exception: Whatever the derivation meets (the caller skips its check).
+    """
+    import json
+
+    import torch
+
+    from compress.distill.student import depth_indices, layer_stack, student_by_depth
+    from compress.models import build_model
+    from compress.models.registry import model_from_spec
+    from compress.prune.config import LayerDropConfig
+
+    cfg = loaded.config
+    teacher, teacher_how = teacher_meta, "teacher.config"
+    ck = cfg.teacher.checkpoint
+    if ck is not None:
+        obj = torch.load(ck, map_location="cpu", weights_only=True, mmap=True)
+        if isinstance(obj, dict) and obj.get("format") == "compress-model/1":
+            with torch.device("meta"):
+                teacher = model_from_spec(json.loads(obj["spec"]))
+            teacher_how = "the architecture stored in teacher.checkpoint"
+        del obj
+    model, how, first_student = teacher, teacher_how, True
+    for i, e in enumerate(cfg.stages[: until + 1]):
+        yield i, e, model, how
+        c = e.config
+        if "student" in type(c).model_fields:
+            spec = c.student if c.student is not None else (cfg.student if first_student else None)
+            spec_path = f"stages[{i}].{e.kind}.student" if c.student is not None else "student"
+            first_student = False
+            if spec is None:
+                pass  # the model entering the stage trains on
+            elif spec.model is not None:
+                mcfg = dict(spec.model.config)
+                if isinstance(mcfg.get("path"), str):
+                    from compress._utils.paths import resolve_path
+
+                    mcfg["path"] = str(resolve_path(mcfg["path"], base_dir=loaded.path.parent))
+                with torch.device("meta"):
+                    model = build_model(spec.model.family, mcfg)
+                how = f"{spec_path}.model"
+            elif spec.keep_layers is not None or spec.num_layers is not None:
+                _, stack = layer_stack(teacher)
+                keep = depth_indices(len(stack), spec.keep_layers, spec.num_layers)
+                model = student_by_depth(teacher, keep)
+                how = f"{teacher_how}, {spec_path} keeps layers {keep}"
+            else:
+                model, how = teacher, teacher_how
+            widths = ("width", "heads", "ffn", "hidden")
+            if spec is not None and any(getattr(spec, a) is not None for a in widths):
+                how = f"{how}, {spec_path} narrows widths"
+        layers = getattr(c, "layers", None)
+        if isinstance(layers, LayerDropConfig):
+            _, stack = layer_stack(model)
+            n_drop = layers.count(len(stack))
+            if n_drop >= len(stack):
+                raise ValueError("drops every layer")  # the prune stage says so when it runs
+            model = student_by_depth(model, list(range(len(stack) - n_drop)))
+            how = f"{how}, stages[{i}].{e.kind}.layers drops {n_drop} of {len(stack)} layers"
 
 
 def _check_target_artifacts(loaded: LoadedPipeline) -> list[str]:

@@ -134,24 +134,9 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
         raise ValueError(
             f"{type(model).__name__} is already quantized (prepare_qat ran before); prepare it once"
         )
-    if cfg.fold_batchnorm:
-        fold_batchnorm(model)  # CNNs: conv + BN -> conv (no-op without such pairs)
-    if cfg.quantize_attention_matmuls:
-        expose(model)  # HF BERT family, timm ViT: Q·Kᵀ and probs·V become MatMul modules (no-op otherwise)
-    rules = [rule for _, rule in QUANT_MODULES.items() if rule.applies(cfg)]
-    by_type = {rule.source: rule for rule in rules}
-    targets = [
-        (parent, f"{parent_name}.{child_name}".lstrip("."), child_name, by_type[type(child)])
-        for parent_name, parent in list(model.named_modules())
-        for child_name, child in list(parent.named_children())
-        if type(child) in by_type
-    ]
+    rules, targets = _quant_targets(model, cfg)
     names = [n for _, n, _, _ in targets]
-    unmatched = [
-        o.pattern
-        for o in cfg.overrides
-        if not any(o.pattern == n or fnmatch.fnmatchcase(n, o.pattern) for n in names)
-    ]
+    unmatched = unmatched_override_patterns(cfg, names)
     if unmatched:
         raise ValueError(
             f"quant.overrides: pattern(s) {unmatched} match no quantizable module of "
@@ -169,6 +154,67 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has no module to quantize (looked for {kinds})")
     record_transform(model, "qat", cfg.model_dump(mode="json"))
     return model
+
+
+def _quant_targets(
+    model: nn.Module, cfg: QuantConfig
+) -> tuple[list[QuantModuleRule], list[tuple[nn.Module, str, str, QuantModuleRule]]]:
+    """``prepare_qat``'s structural steps (BN folding, attention exposure; in place), then the active
+    rules and every ``(parent, qualified name, child name, rule)`` it would swap."""
+    if cfg.fold_batchnorm:
+        fold_batchnorm(model)  # CNNs: conv + BN -> conv (no-op without such pairs)
+    if cfg.quantize_attention_matmuls:
+        expose(model)  # HF BERT family, timm ViT: Q·Kᵀ and probs·V become MatMul modules (no-op otherwise)
+    rules = [rule for _, rule in QUANT_MODULES.items() if rule.applies(cfg)]
+    by_type = {rule.source: rule for rule in rules}
+    targets = [
+        (parent, f"{parent_name}.{child_name}".lstrip("."), child_name, by_type[type(child)])
+        for parent_name, parent in list(model.named_modules())
+        for child_name, child in list(parent.named_children())
+        if type(child) in by_type
+    ]
+    return rules, targets
+
+
+def quantizable_module_names(model: nn.Module, cfg: QuantConfig | None = None) -> list[str]:
+    """Qualified names of the modules ``prepare_qat(model, cfg)`` would quantize before overrides apply.
+
+    Applies ``prepare_qat``'s structural steps to ``model`` in place (BatchNorm folding, attention
+    exposure), so pass a copy or a model built on the ``meta`` device (``compress validate`` does:
+    no weights are needed).
+
+    Args:
+        model: The float model (mutated as described).
+        cfg: Quantization settings; default ``QuantConfig()``.
+
+    Returns:
+        Names in ``named_modules`` order.
+
+    Example:
+        >>> from compress.models import build_model
+        >>> with torch.device("meta"):
+        ...     m = build_model("tiny-vit", {"dim": 16, "depth": 1})
+        >>> quantizable_module_names(m)[:3]
+        ['patch_embed', 'head', 'blocks.0.attn.q']
+    """
+    return [n for _, n, _, _ in _quant_targets(model, cfg or QuantConfig())[1]]
+
+
+def unmatched_override_patterns(cfg: QuantConfig, names: list[str]) -> list[str]:
+    """The ``cfg.overrides`` patterns that equal no name in ``names`` and match none as an fnmatch glob.
+
+    ``prepare_qat`` refuses a config with any (a typo would otherwise silently quantize the layer).
+
+    Example:
+        >>> cfg = QuantConfig.model_validate({"overrides": [{"pattern": "head"}, {"pattern": "blocks.9.*"}]})
+        >>> unmatched_override_patterns(cfg, ["head", "blocks.0.attn.q"])
+        ['blocks.9.*']
+    """
+    return [
+        o.pattern
+        for o in cfg.overrides
+        if not any(o.pattern == n or fnmatch.fnmatchcase(n, o.pattern) for n in names)
+    ]
 
 
 @register_transform("qat")

@@ -94,6 +94,16 @@ class Tracker(ABC):
         self.run_name = run_name
         self._failed = False
 
+    @classmethod
+    def missing_dependencies(cls, cfg: Any) -> list[str]:
+        """Packages the backend needs for ``cfg`` (a ``TrackingConfig``) that are not installed, with the fix.
+
+        ``__init__`` raises ``MissingDependency`` on the first; ``load_config`` (so ``compress validate``
+        and ``compress run`` before any work) reports them all at ``tracking:``.
+        """
+        del cfg
+        return []
+
     def _guard(self, fn: Callable[[], None]) -> None:
         if self._failed:
             return

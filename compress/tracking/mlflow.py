@@ -29,17 +29,24 @@ _MAX_PARAM = 6000
 class MlflowTracker(Tracker):
     """One MLflow run, written through ``MlflowClient`` (no global active-run state)."""
 
+    @classmethod
+    def missing_dependencies(cls, cfg: Any) -> list[str]:
+        """MLflow itself; sqlalchemy and alembic too for the embedded store (no ``uri``)."""
+        if importlib.util.find_spec("mlflow") is None:
+            return [f"backend 'mlflow' needs MLflow: {INSTALL_HINT}"]
+        if cfg.uri is None and (
+            importlib.util.find_spec("sqlalchemy") is None or importlib.util.find_spec("alembic") is None
+        ):
+            return [f"the embedded MLflow store (SQLite) needs sqlalchemy and alembic: {INSTALL_HINT}"]
+        return []
+
     def __init__(self, cfg: Any, run_dir: Path, run_name: str) -> None:
         super().__init__(cfg, run_dir, run_name)
-        if importlib.util.find_spec("mlflow") is None:
-            raise MissingDependency(f"tracking: backend 'mlflow' needs MLflow: {INSTALL_HINT}")
+        for missing in self.missing_dependencies(cfg):
+            raise MissingDependency(f"tracking: {missing}")
         local = self.run_dir.resolve() / "mlflow"
         self.uri = cfg.uri or f"sqlite:///{local / 'mlflow.db'}"
         if cfg.uri is None:
-            if importlib.util.find_spec("sqlalchemy") is None or importlib.util.find_spec("alembic") is None:
-                raise MissingDependency(
-                    f"tracking: the embedded MLflow store (SQLite) needs sqlalchemy and alembic: {INSTALL_HINT}"
-                )
             local.mkdir(parents=True, exist_ok=True)
         for name in ("alembic", "mlflow.store.db.utils"):  # schema-migration chatter on every new store
             logging.getLogger(name).setLevel(logging.WARNING)

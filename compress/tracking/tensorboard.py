@@ -24,12 +24,18 @@ INSTALL_HINT = "pip install 'compress[tracking]'"
 class TensorboardTracker(Tracker):
     """One TensorBoard log folder per compress run."""
 
+    @classmethod
+    def missing_dependencies(cls, cfg: Any) -> list[str]:
+        """The ``tensorboard`` package (``torch.utils.tensorboard`` imports it)."""
+        del cfg
+        if importlib.util.find_spec("tensorboard") is None:
+            return [f"backend 'tensorboard' needs the tensorboard package: {INSTALL_HINT}"]
+        return []
+
     def __init__(self, cfg: Any, run_dir: Path, run_name: str) -> None:
         super().__init__(cfg, run_dir, run_name)
-        if importlib.util.find_spec("tensorboard") is None:
-            raise MissingDependency(
-                f"tracking: backend 'tensorboard' needs the tensorboard package: {INSTALL_HINT}"
-            )
+        for missing in self.missing_dependencies(cfg):
+            raise MissingDependency(f"tracking: {missing}")
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = Path(cfg.uri) if cfg.uri else self.run_dir / "tensorboard"
