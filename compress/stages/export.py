@@ -261,7 +261,12 @@ def _fmt(name: str) -> OnnxFormat | EngineFormat | _TorchFormatInfo:
 
 
 def plain_float_copy(model: nn.Module) -> nn.Module:
-    """The same architecture without structural transforms (fake quantizers), holding the float weights.
+    """The same architecture without its fake quantizers, holding the float weights.
+
+    The ``qat`` transform is always stripped. Every other recorded transform is stripped when the
+    plain model still finds all its weights without it (attention exposure holds no weights, so the
+    reloaded model gets its library's own fused attention back) and kept when the weights need it
+    (BatchNorm folding removed the BN tensors and gave the convolutions a bias).
 
     Raises:
         ExportError: A weight of the plain model has no counterpart in ``model``.
@@ -269,11 +274,21 @@ def plain_float_copy(model: nn.Module) -> nn.Module:
     from compress.models import model_from_spec, model_spec
 
     spec = model_spec(model)
-    plain = model_from_spec({**spec, "transforms": []})
-    own, src = plain.state_dict(), model.state_dict()
-    missing = [k for k in own if k not in src]
+    src = model.state_dict()
+
+    def build(transforms: list[Any]) -> tuple[nn.Module, list[str]]:
+        plain = model_from_spec({**spec, "transforms": transforms})
+        return plain, [k for k in plain.state_dict() if k not in src]
+
+    kept = [t for t in spec.get("transforms", []) if t["name"] != "qat"]
+    for t in list(kept):
+        trial = [u for u in kept if u is not t]
+        if not build(trial)[1]:
+            kept = trial
+    plain, missing = build(kept)
     if missing:
         raise ExportError(f"cannot strip transforms: {', '.join(missing[:4])} not found in the model")
+    own = plain.state_dict()
     plain.load_state_dict({k: src[k] for k in own})
     return plain.eval()
 

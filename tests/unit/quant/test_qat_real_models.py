@@ -356,3 +356,25 @@ def test_exposed_timm_vit_exports_to_qdq_onnx(tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert (out.argmax(1) == q(x).argmax(1).numpy()).mean() >= 0.875
+
+
+def test_plain_float_copy_keeps_batchnorm_folding_and_drops_quantizers_and_attention_exposure():
+    from compress.stages.export import plain_float_copy
+
+    m = _resnet()
+    x = torch.randn(4, 1, 16, 16)
+    q = _quantized(m, x).eval()
+    set_quant_enabled_(q, False)
+    plain = plain_float_copy(q)  # the fashion-resnet export failed here: BN tensors were looked for
+    assert [t["name"] for t in plain._compress_transforms] == ["fold_batchnorm"]
+    assert not any(isinstance(mod, (QuantConv2d, nn.BatchNorm2d)) for mod in plain.modules())
+    torch.testing.assert_close(plain(x), q(x))
+    b = _bert()
+    ids = _tokens()
+    qb = prepare_qat(copy.deepcopy(b), QuantConfig())
+    assert any(hasattr(mod, "qk") for mod in qb.modules())
+    set_quant_enabled_(qb, False)
+    pb = plain_float_copy(qb)
+    assert getattr(pb, "_compress_transforms", []) == []
+    assert not any(hasattr(mod, "qk") for mod in pb.modules())  # transformers' own attention again
+    torch.testing.assert_close(pb(ids), b(ids), atol=1e-5, rtol=1e-5)
