@@ -18,6 +18,7 @@ Precision from the target (fp32, fp16, bf16).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,18 +45,20 @@ class TorchCompileSession(TorchSession):
 class GraphedModule(nn.Module):
     """Calls ``inner`` through one CUDA graph per input shape and dtype (inference only).
 
-    The first call with a new shape warms ``inner`` up on a side stream, then captures it; every
-    call copies its input into the static buffer, replays and returns the static output, which
-    the next call overwrites (callers copy it out, as ``TorchSession.run`` does). Graphs share
-    one memory pool. Capture failures fall back to calling ``inner`` directly.
+        The first call with a new shape warms ``inner`` up on a side stream, then captures it; every
+        call copies its input into the static buffer, replays and returns the static output, which
+        the next call overwrites (callers copy it out, as ``TorchSession.run`` does). Graphs share
+        one memory pool. A capture failure falls back to calling the model compiled afresh (``recompile``),
+    without graphs.
 
-    Attributes:
-        fallback_reason: Why the model runs without CUDA graphs, or ``None`` while it uses them.
+        Attributes:
+            fallback_reason: Why the model runs without CUDA graphs, or ``None`` while it uses them.
     """
 
-    def __init__(self, inner: nn.Module) -> None:
+    def __init__(self, inner: nn.Module, recompile: Callable[[], nn.Module] | None = None) -> None:
         super().__init__()
         self.inner = inner
+        self._recompile = recompile
         self.fallback_reason: str | None = None
         self._graphs: dict[tuple[Any, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = {}
         self._pool: Any = None
@@ -82,6 +85,11 @@ class GraphedModule(nn.Module):
                     stacklevel=2,
                 )
                 torch.cuda.synchronize(x.device)
+                if self._recompile is not None:
+                    # a failed capture can leave the compiled code unusable (measured on an H100: inductor
+                    # "Offset increment outside graph capture"); start again from a fresh compilation
+                    torch._dynamo.reset()
+                    self.inner = self._recompile()
                 return self.inner(x)
             self._graphs[key] = entry
         graph, static_in, static_out = entry
@@ -111,10 +119,13 @@ def compile_for(model: nn.Module, device: str) -> nn.Module:
     # recompiles per code object: sessions reset on close (``reset_compiled``), and a session may
     # compile a few shapes (each timed batch size, a last partial batch) without falling back to eager.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-    compiled = torch.compile(model, mode="default", dynamic=False, fullgraph=False)
+
+    def compiled() -> nn.Module:
+        return torch.compile(model, mode="default", dynamic=False, fullgraph=False)
+
     if device == "cuda":
-        return GraphedModule(compiled)
-    return compiled
+        return GraphedModule(compiled(), recompile=compiled)
+    return compiled()
 
 
 def reset_compiled() -> None:
