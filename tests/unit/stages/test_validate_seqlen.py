@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from compress.runtime import Session, TensorSpec
 from compress.stages import Artifact, StageContext
 from compress.stages.validate import ValidateStage, ValidateStageConfig, _check_fixed_length
 from compress.train import evaluate
-from tests._helpers.models import Recorder, digits, tiny_vit
+from tests._helpers.models import Recorder, digits, stage_context, tiny_vit
 
 pytest.importorskip("transformers")
 
@@ -71,21 +72,14 @@ def image_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _ctx(run: dict[str, Any], target: TargetConfig, stage: str) -> StageContext:
     root = run["root"]
-    return StageContext(
-        run_dir=root,
+    ctx = stage_context(
+        root, run["data"], run["teacher"], kind="validate", index=3, reporter=Recorder(), seed=0
+    )
+    return dataclasses.replace(
+        ctx,
         stage_dir=root / "stages" / stage,
-        artifacts_dir=root / "artifacts",
-        index=3,
-        yaml_path="stages[3].validate",
-        pipeline=None,  # type: ignore[arg-type]  (validate does not read the pipeline config)
-        data=run["data"],
-        teacher=run["teacher"],
-        model=run["teacher"],
         artifacts={"onnx-fp32": Artifact("onnx-fp32", "artifacts/model.fp32.onnx", "onnx", "fp32")},
-        history={},
         targets={target.name: target},
-        seed=0,
-        reporter=Recorder(),
     )
 
 
