@@ -125,7 +125,6 @@ def _graph_replay(
 def _time_model(
     name: str, model: nn.Module, precision: str, x: torch.Tensor, args: argparse.Namespace
 ) -> dict[str, Any]:
-    from compress.bench.latency import measure_latency
     from compress.runtime import RUNTIMES, open_session
 
     cuda = torch.cuda.is_available() and not args.quick
@@ -149,10 +148,7 @@ def _time_model(
             inner = sess._model  # the compiled module, called on device-resident inputs
             with torch.inference_mode():
                 row["compiled"] = _guarded(lambda: _stats(timer(lambda: inner(xd), w, n)))
-        st = measure_latency(
-            sess, lambda b: {sess.inputs[0].name: feed[:b]}, batch_sizes=[len(feed)], warmup=w, iterations=n
-        )[len(feed)]
-        row["session"] = {"p50_ms": st.p50_ms, "p95_ms": st.p95_ms}
+        row["session"] = _session_stats(sess, feed, w, n)
     if cuda and precision == "fp16" and RUNTIMES.get("torchao-int8").can_run_here("cuda")[0]:
         row["torchao-int8"] = _guarded(lambda: _harness("torchao-int8", model, "cuda", "int8", feed, w, n))
         torch._dynamo.reset()
@@ -179,13 +175,19 @@ def _harness(
     runtime: str, source: Any, device: str, precision: str | None, feed: np.ndarray, w: int, n: int
 ) -> dict[str, float]:
     """p50/p95 through compress's harness (NumPy in and out), as the validate stage times."""
-    from compress.bench.latency import measure_latency
     from compress.runtime import open_session
 
     with open_session(runtime, source, device=device, precision=precision) as sess:
-        st = measure_latency(
-            sess, lambda b: {sess.inputs[0].name: feed[:b]}, batch_sizes=[len(feed)], warmup=w, iterations=n
-        )[len(feed)]
+        return _session_stats(sess, feed, w, n)
+
+
+def _session_stats(sess: Any, feed: np.ndarray, w: int, n: int) -> dict[str, float]:
+    """p50/p95 of one open session on ``feed`` with ``compress.bench.measure_latency``."""
+    from compress.bench.latency import measure_latency
+
+    st = measure_latency(
+        sess, lambda b: {sess.inputs[0].name: feed[:b]}, batch_sizes=[len(feed)], warmup=w, iterations=n
+    )[len(feed)]
     return {"p50_ms": st.p50_ms, "p95_ms": st.p95_ms}
 
 

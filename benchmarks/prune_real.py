@@ -103,36 +103,28 @@ def _latency(
     return {"p50_ms": s.p50_ms, "p95_ms": s.p95_ms}
 
 
+# column: (runtime, device, threads, precision); the CUDA ones only with --device cuda
+TIMINGS: dict[str, tuple[str, str, int | None, str | None]] = {
+    "ort_cpu": ("onnxruntime", "cpu", 2, None),
+    "torch_fp16_compiled": ("torch-compile", "cuda", None, "fp16"),
+    "ort_cuda_fp32": ("onnxruntime", "cuda", None, None),
+}
+
+
 def _measure(model: Any, x: Any, args: argparse.Namespace) -> dict[str, Any]:
-    out = {
-        "ort_cpu": _latency(
+    return {
+        name: _latency(
             copy.deepcopy(model),
             x,
-            runtime="onnxruntime",
-            device="cpu",
-            threads=2,
+            runtime=rt,
+            device=dev,
+            threads=th,
             iterations=args.iterations,
+            precision=p,
         )
+        for name, (rt, dev, th, p) in TIMINGS.items()
+        if dev == "cpu" or args.device == "cuda"
     }
-    if args.device == "cuda":
-        out["torch_fp16_compiled"] = _latency(
-            copy.deepcopy(model),
-            x,
-            runtime="torch-compile",
-            device="cuda",
-            threads=None,
-            iterations=args.iterations,
-            precision="fp16",
-        )
-        out["ort_cuda_fp32"] = _latency(
-            copy.deepcopy(model),
-            x,
-            runtime="onnxruntime",
-            device="cuda",
-            threads=None,
-            iterations=args.iterations,
-        )
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,23 @@ from compress._utils.progress import Reporter
 from compress.data import SOURCES, TaskData, load_or_make_splits
 from compress.models import build_model
 
+# A 2-layer BERT (hidden 32, 4 heads, FFN 64, vocab 100): transformers' real BertModel shrunk by its config.
+TINY_BERT = {
+    "model_type": "bert",
+    "num_hidden_layers": 2,
+    "hidden_size": 32,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "vocab_size": 100,
+    "max_position_embeddings": 32,
+}
+
+
+def tiny_bert(seed: int = 0, num_labels: int = 5, **config: object) -> torch.nn.Module:
+    """``TINY_BERT`` (fields overridden by ``config``) as a compress ``hf`` model, seeded, in eval mode."""
+    torch.manual_seed(seed)
+    return build_model("hf", {"hf_config": {**TINY_BERT, **config}, "num_labels": num_labels}).eval()
+
 
 _RELOAD_AND_PREDICT = (
     "import sys, torch\n"

@@ -9,26 +9,14 @@ from torch import nn
 
 from compress.runtime import open_session
 from compress.runtime.torch_compile import GraphedModule
-from tests._helpers.models import tiny_vit
+from tests._helpers.models import tiny_bert, tiny_vit
 
 pytestmark = pytest.mark.gpu
 
 
 def _tiny_bert() -> nn.Module:
-    transformers = pytest.importorskip("transformers")
-    from compress.models.external import SourceModel
-
-    cfg = transformers.BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=5,
-    )
-    torch.manual_seed(0)
-    net = transformers.BertForSequenceClassification(cfg).eval()
-    return SourceModel(net, source="hf", build_config={}, input_kind="token_ids", pad_token_id=0).eval()
+    pytest.importorskip("transformers")
+    return tiny_bert()
 
 
 def test_each_shape_is_captured_once_and_replays_fresh_inputs():

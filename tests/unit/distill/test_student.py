@@ -8,16 +8,9 @@ import torch
 from compress.config.schema import StudentConfig
 from compress.distill.student import build_student, layer_stack
 from compress.models import build_model, load_model, save_model
+from tests._helpers.models import TINY_BERT
 
-BERT = {
-    "model_type": "bert",
-    "num_hidden_layers": 4,
-    "hidden_size": 32,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-    "vocab_size": 100,
-    "max_position_embeddings": 32,
-}
+BERT = {**TINY_BERT, "num_hidden_layers": 4}
 
 
 @pytest.fixture(scope="module")

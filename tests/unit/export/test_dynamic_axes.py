@@ -12,17 +12,14 @@ import pytest
 import torch
 
 from compress.export import export_onnx, export_onnx_fp16, export_onnx_int4, export_onnx_qdq, int4_model
-from compress.models import build_model
 from compress.quant import QuantConfig, calibrate_, prepare_qat
+from tests._helpers.models import tiny_bert
 
 VOCAB, MAX_POS = 100, 32
 
 
 def _bert() -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = {"model_type": "bert", "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4,
-           "intermediate_size": 64, "vocab_size": VOCAB, "max_position_embeddings": MAX_POS}  # fmt: skip
-    return build_model("hf", {"hf_config": cfg, "num_labels": 5}).eval()
+    return tiny_bert(vocab_size=VOCAB, max_position_embeddings=MAX_POS)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from compress.models import build_model
 from compress.quant import QuantConfig, calibrate_, prepare_qat
 from compress.stages.export import ExportStage, ExportStageConfig
 from compress.stages.validate import ValidateStage, ValidateStageConfig
-from tests._helpers.models import Recorder, calibrated_qat, digits, stage_context, tiny_vit
+from tests._helpers.models import Recorder, calibrated_qat, digits, stage_context, tiny_bert, tiny_vit
 
 FP16_TOL = ParityTolerancesConfig().fp16
 
@@ -43,10 +43,7 @@ def _resnet() -> torch.nn.Module:
 
 
 def _bert() -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = {"model_type": "bert", "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4,
-           "intermediate_size": 64, "vocab_size": 100, "max_position_embeddings": 32}  # fmt: skip
-    return build_model("hf", {"hf_config": cfg, "num_labels": 5})
+    return tiny_bert()
 
 
 MODELS = {

@@ -11,18 +11,9 @@ from torch import nn
 from compress.config.schema import ModelSourceConfig
 from compress.errors import BadInputError, MissingDependency
 from compress.models import build_model, load_model, model_spec, save_model
+from tests._helpers.models import TINY_BERT
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-TINY_BERT = {
-    "model_type": "bert",
-    "num_hidden_layers": 2,
-    "hidden_size": 32,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-    "vocab_size": 100,
-    "max_position_embeddings": 32,
-}
 
 
 def _roundtrip(model: nn.Module, x: torch.Tensor, tmp_path) -> None:

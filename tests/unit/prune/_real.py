@@ -9,22 +9,12 @@ import torch
 
 from compress.export import export_onnx
 from compress.models import build_model
-
-BERT = {
-    "model_type": "bert",
-    "num_hidden_layers": 2,
-    "hidden_size": 32,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-    "vocab_size": 100,
-    "max_position_embeddings": 32,
-}
+from tests._helpers.models import tiny_bert
 
 
 def bert(seed: int = 0) -> torch.nn.Module:
     """2-layer BERT (hidden 32, 4 heads, FFN 64, vocab 100) with a 5-class head."""
-    torch.manual_seed(seed)
-    return build_model("hf", {"hf_config": BERT, "num_labels": 5}).eval()
+    return tiny_bert(seed)
 
 
 def bert_ids(n: int = 4) -> torch.Tensor:

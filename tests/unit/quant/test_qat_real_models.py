@@ -31,6 +31,7 @@ from compress.quant import (
     set_quant_enabled_,
 )
 from compress.quant.intervention import MASKED_SCORE, STEP_MODES, InterventionObjective, block_names
+from tests._helpers.models import tiny_bert
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -39,17 +40,7 @@ ONLY_SCORES = InterventionLossesConfig(logits=0, hidden=0, scores=1, attention_o
 
 
 def _bert(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    hf = {
-        "model_type": "bert",
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 64,
-        "vocab_size": 100,
-        "max_position_embeddings": 32,
-    }
-    return build_model("hf", {"hf_config": hf, "num_labels": 5}).eval()
+    return tiny_bert(seed)
 
 
 def _tokens(n: int = 6, length: int = 9) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 import compress.stages.export as export_module
 from compress.quant import QuantConfig, calibrate_, prepare_qat
 from compress.stages.export import ExportStage, ExportStageConfig
-from tests._helpers.models import Recorder, digits, stage_context, tiny_vit
+from tests._helpers.models import Recorder, digits, stage_context, tiny_bert, tiny_vit
 
 INT4 = ["onnx-fp32", "onnx-int4", "onnx-int4-matmulnbits"]
 
@@ -194,7 +194,6 @@ def test_preprocess_json_for_token_inputs_copies_the_tokenizer(tmp_path: Path):
     import numpy as np
 
     from compress.data import TaskData
-    from compress.models import build_model
 
     tok = tmp_path / "tok"
     tok.mkdir()
@@ -207,9 +206,7 @@ def test_preprocess_json_for_token_inputs_copies_the_tokenizer(tmp_path: Path):
            "padding": "max_length", "tokenizer": str(tok), "classes": ["a", "b", "c", "d", "e"]}  # fmt: skip
     data = TaskData(name="text", inputs=ids, labels=torch.arange(60) % 5, num_classes=5, preprocess=pre,
                     splits={"train": np.arange(40), "val": np.arange(40, 50), "test": np.arange(50, 60)})  # fmt: skip
-    cfg = {"model_type": "bert", "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 4,
-           "intermediate_size": 64, "vocab_size": 100, "max_position_embeddings": 32}  # fmt: skip
-    model = build_model("hf", {"hf_config": cfg, "num_labels": 5}).eval()
+    model = tiny_bert(num_hidden_layers=1)
     ctx = stage_context(tmp_path / "run", data, model, kind="export", index=0)
     ExportStage().run(ctx, ExportStageConfig(formats=["onnx-fp32"]))
     art = tmp_path / "run" / "artifacts"
