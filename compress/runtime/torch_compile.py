@@ -85,6 +85,7 @@ class GraphedModule(nn.Module):
                     stacklevel=2,
                 )
                 torch.cuda.synchronize(x.device)
+                _clear_rng_capture_state(x.device)
                 if self._recompile is not None:
                     # a failed capture can leave the compiled code unusable (measured on an H100: inductor
                     # "Offset increment outside graph capture"); start again from a fresh compilation
@@ -111,6 +112,28 @@ class GraphedModule(nn.Module):
         with torch.cuda.graph(graph, pool=self._pool):
             static_out = self.inner(static_in)
         return graph, static_in, static_out
+
+
+def _clear_rng_capture_state(device: torch.device) -> None:
+    """Give ``device``'s default CUDA generator a fresh copy of its state after a failed capture.
+
+    A capture registers the generator and marks it capturing; when the capture is invalidated (a host
+    sync, an unsupported call) the mark stays, and every later random draw on the device fails with
+    "Offset increment outside graph capture encountered unexpectedly", inductor's own compile-time
+    benchmarks included (measured on an H100: every compilation after one failed capture failed). The
+    clone keeps seed and offset and drops the capture mark.
+    """
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    gen = torch.cuda.default_generators[index]
+    try:
+        gen.graphsafe_set_state(gen.clone_state())
+    except (AttributeError, RuntimeError) as e:  # a torch without graph-safe generator states
+        warnings.warn(
+            f"torch-compile: could not reset the CUDA generator after the failed capture ({e}); "
+            "random draws on this device may fail in this process",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def compile_for(model: nn.Module, device: str) -> nn.Module:

@@ -75,6 +75,21 @@ def test_capture_failure_falls_back_with_a_reason():
     torch.testing.assert_close(out.cpu(), model(x.cuda()).cpu())
 
 
+def test_a_failed_capture_leaves_random_draws_and_later_captures_working():
+    # a failed capture used to leave the CUDA generator marked as capturing: every later random draw,
+    # inductor's compile-time benchmarks included, failed ("Offset increment outside graph capture")
+    graphed = GraphedModule(_HostSync().eval().cuda())
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+        graphed(torch.randn(4, 8).cuda())
+    assert torch.randn(16, device="cuda").shape == (16,)
+    model = tiny_vit(depth=2, dim=64).eval()
+    x = torch.randn(8, 1, 8, 8)
+    with open_session("torch-compile", model, device="cuda", precision="fp32") as sess:
+        got = sess.run({sess.inputs[0].name: x.numpy()})[0]
+        assert sess._model.fallback_reason is None
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-4, rtol=1e-4)
+
+
 def test_image_model_matches_eager():
     model = tiny_vit(depth=2, dim=64).eval()
     x = torch.randn(8, 1, 8, 8)
