@@ -317,6 +317,12 @@ class ExportStageConfig(StageConfig):
     parity_split: Literal["train", "val", "test"] = Field(
         "val", description="Data split used for the parity checks."
     )
+    parity_examples: int | None = Field(
+        None,
+        ge=1,
+        description="Check parity on the first N examples of parity_split (default: all). Each format is "
+        "run several times on the CPU, which takes minutes for a large CNN on a large split.",
+    )
     fp16: Fp16ExportConfig = Field(
         default_factory=Fp16ExportConfig, description="How onnx-fp16 is converted (ops kept in float32)."
     )
@@ -421,6 +427,8 @@ class ExportStage(Stage):
             )
         example = ctx.example_inputs(2)
         x_par, y_par = ctx.data.tensors(cfg.parity_split)
+        if cfg.parity_examples is not None:
+            x_par, y_par = x_par[: cfg.parity_examples], y_par[: cfg.parity_examples]
         bs = ctx.pipeline.data.eval_batch_size
         rel_dir = Path(os.path.relpath(ctx.artifacts_dir, ctx.run_dir))
         artifacts: list[Artifact] = []

@@ -130,6 +130,15 @@ def test_fp32_only_from_a_float_model(setup):
     assert "int8_size_ratio" not in res.metrics
 
 
+def test_parity_examples_limits_the_examples_checked(setup):
+    res = ExportStage().run(
+        _ctx(setup["root"] / "fp32-few", setup["data"], tiny_vit().eval()),
+        ExportStageConfig(formats=["onnx-fp32"], parity_split="test", parity_examples=7),
+    )
+    assert setup["data"].split_size("test") > 7
+    assert res.artifacts[0].meta["parity"]["n"] == 7
+
+
 def test_int8_from_a_float_model_is_an_export_error(setup):
     with pytest.raises(ExportError, match=r"stages\[2\]\.export.*onnx-int8 needs a quantized model"):
         ExportStage().run(
