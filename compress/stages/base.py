@@ -108,8 +108,14 @@ class StageContext:
         return self.pipeline.data.batch_size
 
     def example_inputs(self, batch: int = 2):  # noqa: ANN201  (torch.Tensor)
-        """A real input batch from the validation split (for tracing and calibration)."""
+        """A real input batch of exactly ``batch`` rows from the validation split (tracing, calibration, timing).
+
+        A split smaller than ``batch`` is repeated, so a latency measured on this batch is measured at the
+        batch size asked for (the prune stage's latency target), not silently at the split's size.
+        """
         x, _ = self.data.tensors("val")
+        if 0 < len(x) < batch:
+            x = x.repeat(-(-batch // len(x)), *([1] * (x.dim() - 1)))
         return x[:batch]
 
     def evaluate(self, model: nn.Module, split: str = "val", *, data: TaskData | None = None) -> dict[str, float]:

@@ -99,6 +99,17 @@ def test_prune_stage_end_to_end(tmp_path: Path) -> None:
     assert list(ctx.stage_dir.glob("recover-*.pt")) == []  # per-epoch checkpoints are cleaned up
 
 
+def test_example_inputs_fill_a_batch_larger_than_the_split(tmp_path: Path) -> None:
+    # the latency target times ctx.example_inputs(budget.batch): it must be that batch, whatever the split
+    ctx = _ctx(tmp_path, tiny_vit())
+    val, _ = ctx.data.tensors("val")
+    big = len(val) * 2 + 3
+    x = ctx.example_inputs(big)
+    assert x.shape == (big, *val.shape[1:])
+    torch.testing.assert_close(x[len(val) : 2 * len(val)], val)
+    torch.testing.assert_close(ctx.example_inputs(3), val[:3])
+
+
 @pytest.mark.parametrize(("teacher", "original_called"), [("original", True), ("previous", False)])
 def test_recovery_distils_from_the_chosen_teacher(
     tmp_path: Path, teacher: str, original_called: bool
