@@ -148,8 +148,10 @@ def _val_split(run_dir: Path) -> Any:
     return data.tensors("val")
 
 
-def parity_matrix(name: str, manifest: dict[str, Any], run_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One row per (artifact, runtime that loads it): parity with the artifact's torch source, or why not run."""
+def parity_matrix(
+    name: str, manifest: dict[str, Any], run_dir: Path, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """One row per (artifact, runtime that loads it): parity with the artifact's torch source, or why not."""
     import torch
 
     from compress.export.config import ParityTolerancesConfig
@@ -160,7 +162,6 @@ def parity_matrix(name: str, manifest: dict[str, Any], run_dir: Path, args: argp
     from compress.stages.export import ONNX_FORMATS as ONNX
     from compress.stages.export import ExportStageConfig
 
-    export = next(s for s in manifest["stages"] if s["kind"] == "export")
     qat = next(s for s in manifest["stages"] if s["kind"] == "qat")
     qat_model = load_model(run_dir / "stages" / qat["id"] / "model.pt").eval()
     doc = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
@@ -181,8 +182,8 @@ def parity_matrix(name: str, manifest: dict[str, Any], run_dir: Path, args: argp
             key, fmt = "fp32", None
         key = {"fp16": "fp32"}.get(key, key)
         if key not in refs:
-            src = (fmt.source(qat_model, ecfg) if fmt is not None else load_model(run_dir / art["path"])).eval()
-            refs[key] = _logits(lambda xb, m=src.cpu().float(): m(xb), x, args.batch)
+            src = fmt.source(qat_model, ecfg) if fmt is not None else load_model(run_dir / art["path"])
+            refs[key] = _logits(src.eval().cpu().float(), x, args.batch)
             del src
         for col, runtime, device, threads, precision, loads, tol_key in RUNS:
             if loads != art["format"] or (device == "cuda" and args.device != "cuda"):
@@ -203,7 +204,9 @@ def parity_matrix(name: str, manifest: dict[str, Any], run_dir: Path, args: argp
                     runtime, run_dir / art["path"], device=device, threads=threads, precision=precision
                 ) as sess:
                     iname = sess.inputs[0].name
-                    got = _logits(lambda xb, s=sess, n=iname: s.run({n: as_numpy_input(xb)})[0], x, args.batch)
+                    got = _logits(
+                        lambda xb, s=sess, n=iname: s.run({n: as_numpy_input(xb)})[0], x, args.batch
+                    )
             except Exception as e:  # one cell failing must not lose the others: it is reported in the table
                 rows.append({**row, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
                 print(_line(rows[-1]), flush=True)
@@ -252,24 +255,30 @@ def _line(r: dict[str, Any]) -> str:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| model | artifact | runtime | max abs error | cosine | top-1 agreement | accuracy | tolerance | verdict |\n"
+        "| model | artifact | runtime | max abs error | cosine | top-1 agreement | accuracy | tolerance "
+        "| verdict |\n"
         "|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['artifact']} | {r['runtime']} | – | – | – | – | {r['tolerance']} | "
-                         f"{r['error'].replace('|', '/')} |")
+            lines.append(
+                f"| {r['model']} | {r['artifact']} | {r['runtime']} | – | – | – | – | {r['tolerance']} | "
+                f"{r['error'].replace('|', '/')} |"
+            )
             continue
         verdict = "within" if r["within_tolerance"] else "OUT: " + "; ".join(r["problems"])
         lines.append(
-            f"| {r['model']} | {r['artifact']} | {r['runtime']} | {r['max_abs_error']:.3g} | {r['cosine']:.6f} | "
-            f"{r['top1_agreement']:.4f} | {r['accuracy']:.4f} | {r['tolerance']} | {verdict} |"
+            f"| {r['model']} | {r['artifact']} | {r['runtime']} | {r['max_abs_error']:.3g} | "
+            f"{r['cosine']:.6f} | {r['top1_agreement']:.4f} | {r['accuracy']:.4f} | {r['tolerance']} | "
+            f"{verdict} |"
         )
     return head + "\n".join(lines)
 
 
-def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[dict[str, Any]], runs: dict[str, Any]) -> str:
+def _write(
+    args: argparse.Namespace, argv: list[str] | None, rows: list[dict[str, Any]], runs: dict[str, Any]
+) -> str:
     """Write the table so far (markdown + JSON); called after every model, so a cut-off run keeps its rows."""
     import torch
 
@@ -280,7 +289,9 @@ def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[dict[str
     versions = _versions()
     note = " (QUICK: tiny subsets, numbers meaningless)" if args.quick else ""
     sizes = "\n".join(
-        f"- {m}: " + ", ".join(f"{a} {b / 1e6:.2f} MB" for a, b in r["sizes"].items()) + f"; {r['wall_s']:.0f} s"
+        f"- {m}: "
+        + ", ".join(f"{a} {b / 1e6:.2f} MB" for a, b in r["sizes"].items())
+        + f"; {r['wall_s']:.0f} s"
         for m, r in runs.items()
     )
     (args.out / "every-format.md").write_text(
@@ -288,7 +299,9 @@ def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[dict[str
         f"Artifact sizes and pipeline wall time:\n{sizes}\n\n{table}\n"
     )
     (args.out / "every-format.json").write_text(
-        json.dumps({"command": cmd, "device": dev, "versions": versions, "runs": runs, "rows": rows}, indent=2)
+        json.dumps(
+            {"command": cmd, "device": dev, "versions": versions, "runs": runs, "rows": rows}, indent=2
+        )
     )
     return table
 
@@ -308,13 +321,21 @@ def _versions() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="Folder for the table (markdown + JSON).")
-    ap.add_argument("--work", type=Path, default=None, help="Folder for run directories (default: <out>/runs).")
+    ap.add_argument(
+        "--work", type=Path, default=None, help="Folder for run directories (default: <out>/runs)."
+    )
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="Also run the CUDA runtimes.")
-    ap.add_argument("--quick", action="store_true", help="Tiny subsets, one epoch (a smoke test, not a result).")
+    ap.add_argument(
+        "--quick", action="store_true", help="Tiny subsets, one epoch (a smoke test, not a result)."
+    )
     ap.add_argument("--batch", type=int, default=256, help="Examples per runtime call.")
-    ap.add_argument("--max-examples", type=int, default=None, help="Compare on at most this many val examples.")
-    ap.add_argument("--fashion-root", default=None, help="Fashion-MNIST folder (default: the Debian package's).")
+    ap.add_argument(
+        "--max-examples", type=int, default=None, help="Compare on at most this many val examples."
+    )
+    ap.add_argument(
+        "--fashion-root", default=None, help="Fashion-MNIST folder (default: the Debian package's)."
+    )
     ap.add_argument("--wordnet-root", default=None, help="WordNet folder (default: the Debian package's).")
     args = ap.parse_args(argv)
     work = args.work or args.out / "runs"

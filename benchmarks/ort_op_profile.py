@@ -19,7 +19,9 @@ import tempfile
 from pathlib import Path
 
 
-def profile(path: Path, *, batch: int, threads: int, runs: int, seq: int | None) -> list[tuple[str, float, int]]:
+def profile(
+    path: Path, *, batch: int, threads: int, runs: int, seq: int | None
+) -> list[tuple[str, float, int]]:
     """(operator type, mean kernel ms per run, nodes per run), slowest first."""
     import onnxruntime as ort
 
