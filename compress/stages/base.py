@@ -108,7 +108,7 @@ class StageContext:
         return self.pipeline.data.batch_size
 
     def example_inputs(self, batch: int = 2):  # noqa: ANN201  (torch.Tensor)
-        """A real input batch of exactly ``batch`` rows of the validation split (tracing, calibration, timing).
+        """Exactly ``batch`` real inputs from the validation split (tracing, calibration, timing).
 
         A split smaller than ``batch`` is repeated, so a latency measured on this batch is measured at the
         batch size asked for (the prune stage's latency target), not silently at the split's size.
