@@ -132,6 +132,30 @@ def finetune_teacher(
     return stage, wall, kept.resolve()
 
 
+def run_data(folder: Path) -> Any:
+    """The data of a pipeline run by ``_run(doc, folder)``, split exactly as that run split it.
+
+    Reads ``folder/pipeline.yaml`` and the run's ``run/data/splits.json`` (and its tokenised-data cache),
+    so a benchmark evaluates on the very examples the run trained and validated on.
+    """
+    from compress.config import load_config
+    from compress.data import SOURCES
+    from compress.data.base import load_or_make_splits
+
+    loaded = load_config(folder / "pipeline.yaml")
+    cfg = loaded.config
+    env = loaded.data_env(cache_dir=folder / "run" / "data" / "cache")
+    data = SOURCES.get(cfg.data.source)(cfg.data, env)
+    load_or_make_splits(
+        data,
+        folder / "run" / "data" / "splits.json",
+        val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction,
+        seed=cfg.seed,
+    )
+    return data
+
+
 def _last_model_metrics(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest["stages"][-1]["metrics"]["model"]
 

@@ -43,7 +43,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
 
-from distill_real import TASKS, _run  # noqa: E402
+from distill_real import TASKS, _run, run_data  # noqa: E402
 
 ONNX_FORMATS = ["onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-u8", "onnx-int4", "onnx-int4-matmulnbits"]
 ENGINE_FORMATS = ["tensorrt-fp16", "tensorrt-int8"]
@@ -129,25 +129,6 @@ def pipeline_doc(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _val_split(run_dir: Path) -> Any:
-    """The run's validation inputs, split exactly as the run split them (``data/splits.json``)."""
-    from compress.config import load_config
-    from compress.data import SOURCES
-    from compress.data.base import load_or_make_splits
-
-    loaded = load_config(run_dir / "pipeline.yaml")
-    cfg = loaded.config
-    data = SOURCES.get(cfg.data.source)(cfg.data, loaded.data_env(cache_dir=run_dir / "data" / "cache"))
-    load_or_make_splits(
-        data,
-        run_dir / "data" / "splits.json",
-        val_fraction=cfg.data.val_fraction,
-        test_fraction=cfg.data.test_fraction,
-        seed=cfg.seed,
-    )
-    return data.tensors("val")
-
-
 def parity_matrix(
     name: str, manifest: dict[str, Any], run_dir: Path, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
@@ -155,19 +136,20 @@ def parity_matrix(
     import torch
 
     from compress.export.config import ParityTolerancesConfig
-    from compress.export.parity import as_numpy_input, check_parity, compare_outputs
+    from compress.export.parity import check_parity, compare_outputs
     from compress.models import load_model
     from compress.runtime import RUNTIMES, open_session
     from compress.stages.export import ENGINE_FORMATS as ENGINES
     from compress.stages.export import ONNX_FORMATS as ONNX
     from compress.stages.export import ExportStageConfig
+    from compress.train.loop import predict
 
     qat = next(s for s in manifest["stages"] if s["kind"] == "qat")
     qat_model = load_model(run_dir / "stages" / qat["id"] / "model.pt").eval()
     doc = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
     ecfg = ExportStageConfig(**next(s["export"] for s in doc["stages"] if "export" in s))
     tolerances = ParityTolerancesConfig()
-    x, y = _val_split(run_dir)
+    x, y = run_data(run_dir.parent).tensors("val")
     if args.max_examples:
         x, y = x[: args.max_examples], y[: args.max_examples]
     refs: dict[str, Any] = {}  # the torch source's logits, by source: computed once, compared many times
@@ -183,7 +165,7 @@ def parity_matrix(
         key = {"fp16": "fp32"}.get(key, key)
         if key not in refs:
             src = fmt.source(qat_model, ecfg) if fmt is not None else load_model(run_dir / art["path"])
-            refs[key] = _logits(src.eval().cpu().float(), x, args.batch)
+            refs[key] = predict(src.cpu().float(), x, batch_size=args.batch).double().numpy()
             del src
         for col, runtime, device, threads, precision, loads, tol_key in RUNS:
             if loads != art["format"] or (device == "cuda" and args.device != "cuda"):
@@ -203,10 +185,7 @@ def parity_matrix(
                 with open_session(
                     runtime, run_dir / art["path"], device=device, threads=threads, precision=precision
                 ) as sess:
-                    iname = sess.inputs[0].name
-                    got = _logits(
-                        lambda xb, s=sess, n=iname: s.run({n: as_numpy_input(xb)})[0], x, args.batch
-                    )
+                    got = _session_logits(sess, x, args.batch)
             except Exception as e:  # one cell failing must not lose the others: it is reported in the table
                 rows.append({**row, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
                 print(_line(rows[-1]), flush=True)
@@ -222,20 +201,14 @@ def parity_matrix(
     return rows
 
 
-def _logits(fn: Any, x: Any, batch: int) -> Any:
-    """``fn`` over ``x`` in batches, concatenated as float64 NumPy (torch outputs or NumPy arrays)."""
+def _session_logits(sess: Any, x: Any, batch: int) -> Any:
+    """A runtime session's first output over ``x`` in batches, as one float64 array."""
     import numpy as np
-    import torch
 
-    outs = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            out = fn(x[i : i + batch])
-            if isinstance(out, (tuple, list)):
-                out = out[0]
-            if hasattr(out, "logits"):
-                out = out.logits
-            outs.append(out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out))
+    from compress.export.parity import as_numpy_input
+
+    name = sess.inputs[0].name
+    outs = [sess.run({name: as_numpy_input(x[i : i + batch])})[0] for i in range(0, len(x), batch)]
     return np.concatenate(outs).astype(np.float64)
 
 

@@ -171,8 +171,6 @@ def _real_task(args: argparse.Namespace) -> tuple[torch.nn.Module, TaskData]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import distill_real  # noqa: PLC0415 -- the sibling benchmark's task definitions and runner
 
-    from compress.config import load_config
-    from compress.data.base import load_or_make_splits
     from compress.models import load_model
 
     spec = copy.deepcopy(distill_real.TASKS[args.task])
@@ -191,16 +189,7 @@ def _real_task(args: argparse.Namespace) -> tuple[torch.nn.Module, TaskData]:
     work = args.work or args.out / "work"
     _, _, teacher_file = distill_real.finetune_teacher(args.task, spec, data_cfg, teacher_train, work)
     teacher = load_model(teacher_file)
-    loaded = load_config(work / "pipeline.yaml")
-    env = loaded.data_env(cache_dir=work / "run" / "data" / "cache")
-    data = SOURCES.get(loaded.config.data.source)(loaded.config.data, env)
-    load_or_make_splits(  # the run's own splits file: the same split the teacher was fine-tuned on
-        data,
-        work / "run" / "data" / "splits.json",
-        val_fraction=loaded.config.data.val_fraction,
-        test_fraction=loaded.config.data.test_fraction,
-        seed=0,
-    )
+    data = distill_real.run_data(work)  # the same split the teacher was fine-tuned on
     return teacher.to(args.device).eval(), data
 
 
