@@ -118,8 +118,13 @@ def main(argv: list[str] | None = None) -> int:
                 p50, p95 = time_graph(m, x, args.iterations)
                 cells.append(f"{p50:.3f} / {p95:.3f}")
                 print(f"{name:<20} benchmark={bench!s:<5} {str(layout):<28} p50 {p50:.3f} ms", flush=True)
-        rows.append(f"| {name} | {stem}, " + ", ".join(f"{a}/{b}" for a, b in stages) + f" | {macs / 1e6:.1f} M | "
-                    + " | ".join(cells) + " |")
+        rows.append(
+            f"| {name} | {stem}, "
+            + ", ".join(f"{a}/{b}" for a, b in stages)
+            + f" | {macs / 1e6:.1f} M | "
+            + " | ".join(cells)
+            + " |"
+        )
     dev = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     cmd = "python benchmarks/conv_width_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
     table = "\n".join(
