@@ -7,6 +7,7 @@ from compress.bench.memory import measure_memory as measure_memory
 from compress.bench.memory import rss_mb as rss_mb
 from compress.bench.roofline import RooflineFloor as RooflineFloor
 from compress.bench.roofline import device_rates as device_rates
+from compress.bench.roofline import gemm_precision as gemm_precision
 from compress.bench.roofline import model_roofline as model_roofline
 from compress.bench.roofline import roofline_floor as roofline_floor
 from compress.bench.roofline import weight_bytes as weight_bytes

@@ -19,10 +19,13 @@ headroom, never an excuse.
 The rates are *measured*, not taken from a data sheet, once per process and cached by
 ``(device, precision, threads)``:
 
-* matrix rate: ``C = A @ B`` with square ``n x n`` operands (``n = 4096`` on CUDA, ``512`` on
-  CPU) in the precision's dtype (``int8``: ``torch._int_mm`` on CUDA; on CPU every precision
-  uses an fp32 GEMM, since CPU runtimes mix kernels), best of several timed calls, ``2 n^3``
-  FLOPs per call;
+* matrix rate: ``C = A @ B`` with square ``n x n`` operands, best of several timed calls,
+  ``2 n^3`` FLOPs per call. On CUDA ``n = 4096`` in the precision's dtype (``int8``:
+  ``torch._int_mm``). On CPU ``n = 512`` with the target's threads, and the faster of two
+  libraries: an fp32 GEMM in torch and in ONNX Runtime (``MatMul``) for every float precision
+  (CPU runtimes compute fp16 and int4 weight-only models in fp32), and for ``int8`` ONNX Runtime's
+  integer GEMM (``MatMulInteger``, uint8 x int8: the kernel its U8S8 Q/DQ files run), or the
+  fp32 rate where that is faster (no VNNI);
 * copy rate: ``dst.copy_(src)`` of a 256 MB (CUDA) or 64 MB (CPU) buffer, best of several,
   counted as ``2 x nbytes`` per copy (one read and one write), i.e. the same convention as
   STREAM's "Copy".
@@ -183,7 +186,7 @@ def device_rates(device: str, precision: str | None, *, threads: int | None = No
 
     Args:
         device: ``cpu`` or ``cuda``.
-        precision: Artifact precision (``fp32``, ``fp16``, ``bf16``, ``int8``); on CPU always fp32.
+        precision: Artifact precision (``fp32``, ``fp16``, ``bf16``, ``int8``); see ``gemm_precision``.
         threads: CPU threads for the GEMM (the target's ``threads``); ``None``: torch's current count.
 
     Returns:
@@ -194,11 +197,22 @@ def device_rates(device: str, precision: str | None, *, threads: int | None = No
     """
     if device not in ("cpu", "cuda"):
         raise BadInputError(f"roofline: device must be cpu or cuda, got {device!r}")
-    gemm_precision = "fp32" if device == "cpu" else (precision or "fp32")
-    key = (device, gemm_precision, threads if device == "cpu" else None)
+    gemm = gemm_precision(device, precision)
+    key = (device, gemm, threads if device == "cpu" else None)
     if key not in _RATE_CACHE:
-        _RATE_CACHE[key] = (_matmul_rate(device, gemm_precision, threads), _copy_rate(device, threads))
+        _RATE_CACHE[key] = (_matmul_rate(device, gemm, threads), _copy_rate(device, threads))
     return _RATE_CACHE[key]
+
+
+def gemm_precision(device: str, precision: str | None) -> str:
+    """The GEMM precision whose rate bounds an artifact of ``precision`` on ``device``.
+
+    CUDA: the artifact's own (``fp32`` when unknown). CPU: ``int8`` for INT8 artifacts, else
+    ``fp32`` (x86 runtimes compute fp16, bf16 and int4 weight-only models in fp32).
+    """
+    if device == "cpu":
+        return "int8" if precision == "int8" else "fp32"
+    return precision or "fp32"
 
 
 def clear_rate_cache() -> None:
@@ -252,6 +266,40 @@ def _matmul_rate(device: str, precision: str, threads: int | None) -> float:
     a = torch.randn(n, n)
     b = torch.randn(n, n)
     secs = _with_threads(threads, lambda: _best_seconds(lambda: (a @ b, None)[1], lambda: None, reps=5))
+    rate = max(2.0 * n**3 / secs, _ort_gemm_rate(n, "fp32", threads))
+    if precision == "int8":
+        rate = max(rate, _ort_gemm_rate(n, "int8", threads))
+    return rate
+
+
+def _ort_gemm_rate(n: int, precision: str, threads: int | None) -> float:
+    """FLOP/s of one ``n x n`` GEMM on ONNX Runtime's CPU provider (``int8``: uint8 x int8 MatMulInteger)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if precision == "int8":
+        a = rng.integers(0, 256, (n, n)).astype(np.uint8)
+        w = rng.integers(-64, 64, (n, n)).astype(np.int8)
+        op, in_type, out_type = "MatMulInteger", TensorProto.UINT8, TensorProto.INT32
+    else:
+        a = rng.standard_normal((n, n)).astype(np.float32)
+        w = rng.standard_normal((n, n)).astype(np.float32)
+        op, in_type, out_type = "MatMul", TensorProto.FLOAT, TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node(op, ["a", "w"], ["y"])],
+        "gemm",
+        [helper.make_tensor_value_info("a", in_type, [n, n])],
+        [helper.make_tensor_value_info("y", out_type, [n, n])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or 0
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    secs = _best_seconds(lambda: (sess.run(None, {"a": a}), None)[1], lambda: None, reps=5)
     return 2.0 * n**3 / secs
 
 

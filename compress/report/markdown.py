@@ -111,7 +111,12 @@ def render_markdown(manifest: dict[str, Any]) -> str:
         head = "| model | accuracy | agreement | size (MB) |" + "".join(
             f" p50 / p95 / p99 ms @{timed_shape(b, tv)} | throughput/s @{timed_shape(b, tv)} |" for b in batches
         )
-        lines += [head, "|" + "---|" * (4 + 2 * len(batches))]
+        big = str(max(batches)) if batches else None
+        roofs = {name: _roof(mv, big) for name, mv in models.items()}
+        with_roof = any(roofs.values())
+        if with_roof:
+            head += f" roofline floor ms @{timed_shape(big, tv)} | p95 / floor |"
+        lines += [head, "|" + "---|" * (4 + 2 * len(batches) + 2 * with_roof)]
         for name, mv in models.items():
             row = f"| {name} | {_fmt(mv.get('accuracy'))} | {_fmt(mv.get('agreement'))} | {_fmt(mv.get('size_mb'))} |"
             for b in batches:
@@ -120,7 +125,19 @@ def render_markdown(manifest: dict[str, Any]) -> str:
                     f" {_fmt(st.get('p50_ms'), '.3f')} / {_fmt(st.get('p95_ms'), '.3f')} / {_fmt(st.get('p99_ms'), '.3f')} |"
                     f" {_fmt(st.get('throughput_per_s'), '.0f')} |"
                 )
+            if with_roof:
+                roof = roofs[name]
+                floor = f"{roof['floor_ms']:.4f} ({roof['bound']})" if roof else "–"
+                ratio = _fmt(roof.get("p95_over_floor"), ".1f") + "x" if roof.get("p95_over_floor") else "–"
+                row += f" {floor} | {ratio} |"
             lines.append(row)
+        if with_roof:
+            lines += [
+                "",
+                "Roofline floor: FLOPs over the device's measured matrix rate or weight bytes over its "
+                "measured copy rate, whichever is larger (compress.bench.roofline); p95 / floor is how far "
+                "the measured latency is above it.",
+            ]
         lines.append("")
     lines += [
         "## Reproduce",
@@ -131,6 +148,11 @@ def render_markdown(manifest: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _roof(model: dict[str, Any], batch: str | None) -> dict[str, Any]:
+    """The model's roofline entry at ``batch`` (empty when it was not computed)."""
+    return ((model.get("roofline") or {}).get("by_batch") or {}).get(batch or "") or {}
 
 
 def timed_shape(batch: int | str, target: dict[str, Any]) -> str:

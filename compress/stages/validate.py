@@ -70,7 +70,15 @@ import torch
 from pydantic import Field, field_validator
 
 from compress._utils.registry import did_you_mean
-from compress.bench import GpuMemoryProbe, device_rates, measure_latency, measure_memory, model_roofline, weight_bytes
+from compress.bench import (
+    GpuMemoryProbe,
+    device_rates,
+    gemm_precision,
+    measure_latency,
+    measure_memory,
+    model_roofline,
+    weight_bytes,
+)
 from compress.errors import BadInputError, CompressError, ConfigError, UnknownNameError
 from compress.export import export_onnx
 from compress.export.parity import as_numpy_input
@@ -470,7 +478,7 @@ def _roofline(
         matmul_flops_per_s=flops_rate,
         copy_bytes_per_s=copy_rate,
     )
-    out["gemm_precision"] = "fp32" if target.device == "cpu" else (precision or "fp32")
+    out["gemm_precision"] = gemm_precision(target.device, precision)
     return out
 
 

@@ -51,11 +51,13 @@ def test_rates_are_measured_once_and_cached(monkeypatch):
     calls = []
     monkeypatch.setattr(roofline, "_matmul_rate", lambda d, p, t: calls.append(("mm", d, p, t)) or 1e9)
     monkeypatch.setattr(roofline, "_copy_rate", lambda d, t: calls.append(("copy", d, t)) or 2e9)
-    assert device_rates("cpu", "int8", threads=2) == (1e9, 2e9)
-    assert device_rates("cpu", "fp32", threads=2) == (1e9, 2e9)  # CPU: always an fp32 GEMM, same key
+    assert device_rates("cpu", "fp16", threads=2) == (1e9, 2e9)
+    assert device_rates("cpu", "fp32", threads=2) == (1e9, 2e9)  # CPU computes fp16 in fp32: same key
     assert calls == [("mm", "cpu", "fp32", 2), ("copy", "cpu", 2)]
+    device_rates("cpu", "int8", threads=2)  # the integer GEMM is its own rate
+    assert calls[2] == ("mm", "cpu", "int8", 2)
     device_rates("cpu", "fp32", threads=1)
-    assert len(calls) == 4
+    assert len(calls) == 6
     roofline.clear_rate_cache()
     with pytest.raises(BadInputError, match="cpu or cuda"):
         device_rates("tpu", "fp32")
@@ -68,3 +70,31 @@ def test_real_cpu_rates_are_plausible():
     # one core of any x86 CPU of the last decade: 1-500 GFLOP/s fp32, 0.5-200 GB/s memcpy
     assert 1e9 < flops < 5e11
     assert 5e8 < copy < 2e11
+
+
+def test_gemm_precision_per_device():
+    assert [roofline.gemm_precision("cpu", p) for p in ("fp32", "fp16", "int4", "int8", None)] == [
+        "fp32", "fp32", "fp32", "int8", "fp32"
+    ]
+    assert [roofline.gemm_precision("cuda", p) for p in ("fp16", "int8", None)] == ["fp16", "int8", "fp32"]
+
+
+def test_cpu_int8_rate_is_onnxruntime_integer_gemm_or_the_float_rate(monkeypatch):
+    seen = []
+
+    def fake_ort(n, precision, threads):
+        seen.append((precision, threads))
+        return {"fp32": 2e9, "int8": 7e13}[precision]
+
+    monkeypatch.setattr(roofline, "_ort_gemm_rate", fake_ort)
+    assert roofline._matmul_rate("cpu", "int8", 1) == 7e13  # above any real CPU fp32 GEMM
+    assert seen == [("fp32", 1), ("int8", 1)]
+    # without a fast integer kernel the float rate bounds the int8 file
+    monkeypatch.setattr(roofline, "_ort_gemm_rate", lambda n, p, t: {"fp32": 9e13, "int8": 1e9}[p])
+    assert roofline._matmul_rate("cpu", "int8", 1) == 9e13
+
+
+def test_real_onnxruntime_gemm_rates_are_plausible():
+    for precision in ("fp32", "int8"):
+        rate = roofline._ort_gemm_rate(128, precision, 1)
+        assert 1e8 < rate < 5e12, (precision, rate)
