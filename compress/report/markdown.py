@@ -112,7 +112,7 @@ def render_markdown(manifest: dict[str, Any]) -> str:
             f" p50 / p95 / p99 ms @{timed_shape(b, tv)} | throughput/s @{timed_shape(b, tv)} |" for b in batches
         )
         big = str(max(batches)) if batches else None
-        roofs = {name: _roof(mv, big) for name, mv in models.items()}
+        roofs = {name: roofline_at(mv, big) for name, mv in models.items()}
         with_roof = any(roofs.values())
         if with_roof:
             head += f" roofline floor ms @{timed_shape(big, tv)} | p95 / floor |"
@@ -150,7 +150,7 @@ def render_markdown(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _roof(model: dict[str, Any], batch: str | None) -> dict[str, Any]:
+def roofline_at(model: dict[str, Any], batch: str | None) -> dict[str, Any]:
     """The model's roofline entry at ``batch`` (empty when it was not computed)."""
     return ((model.get("roofline") or {}).get("by_batch") or {}).get(batch or "") or {}
 
