@@ -27,7 +27,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from compress.report.markdown import build_metrics, manifest_split, roofline_at, timed_shape
+from compress.report.markdown import build_metrics, manifest_split, roofline_at, roofline_cells, timed_shape
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1200px;
@@ -444,13 +444,6 @@ def _target_table(models: dict[str, Any], target: dict[str, Any]) -> str:
                 _e(" / ".join(_fmt(st.get(k), ".3f") for k in ("p50_ms", "p95_ms", "p99_ms"))),
                 _e(_fmt(st.get("throughput_per_s"), ".0f")),
             ]
-        roof = roofline_at(mv, big)
-        row += [
-            _e(", ".join(sorted(clocks)) or "–"),
-            _e(f"{roof['floor_ms']:.4f} ({roof['bound']})") if roof else "–",
-            _e(_fmt(roof.get("p95_over_floor"), ".1f") + "x")
-            if roof.get("p95_over_floor") is not None
-            else "–",
-        ]
+        row += [_e(", ".join(sorted(clocks)) or "–"), *(_e(c) for c in roofline_cells(roofline_at(mv, big)))]
         rows.append(row)
     return _table(head, rows)

@@ -126,9 +126,7 @@ def render_markdown(manifest: dict[str, Any]) -> str:
                     f" {_fmt(st.get('throughput_per_s'), '.0f')} |"
                 )
             if with_roof:
-                roof = roofs[name]
-                floor = f"{roof['floor_ms']:.4f} ({roof['bound']})" if roof else "–"
-                ratio = _fmt(roof.get("p95_over_floor"), ".1f") + "x" if roof.get("p95_over_floor") else "–"
+                floor, ratio = roofline_cells(roofs[name])
                 row += f" {floor} | {ratio} |"
             lines.append(row)
         if with_roof:
@@ -153,6 +151,13 @@ def render_markdown(manifest: dict[str, Any]) -> str:
 def roofline_at(model: dict[str, Any], batch: str | None) -> dict[str, Any]:
     """The model's roofline entry at ``batch`` (empty when it was not computed)."""
     return ((model.get("roofline") or {}).get("by_batch") or {}).get(batch or "") or {}
+
+
+def roofline_cells(roof: dict[str, Any]) -> tuple[str, str]:
+    """Table cells for one roofline entry: ``floor ms (bound)`` and ``p95 / floor``, dashes when missing."""
+    floor = f"{roof['floor_ms']:.4f} ({roof['bound']})" if roof else "–"
+    ratio = _fmt(roof.get("p95_over_floor"), ".1f") + "x" if roof.get("p95_over_floor") is not None else "–"
+    return floor, ratio
 
 
 def timed_shape(batch: int | str, target: dict[str, Any]) -> str:
