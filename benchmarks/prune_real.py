@@ -16,7 +16,8 @@ Tasks:
 Usage (GPU box, full data):
   python benchmarks/prune_real.py --task fashion-resnet --device cuda --out docs/results/prune-h100
   python benchmarks/prune_real.py --task wordnet-minilm --device cuda --out docs/results/prune-h100
-Training and timing can be split (``--no-latency`` first, e.g. while the GPU is shared; then the same
+Each model is timed in a fresh process (``--same-process`` to opt out): in one process, earlier
+torch.compile runs slowed later ones. Training and timing can be split (``--no-latency`` first, e.g. while the GPU is shared; then the same
 command without it reuses every finished run and times them on a quiet machine).
 CPU smoke test (tiny subset, one epoch; numbers meaningless):
   python benchmarks/prune_real.py --task fashion-resnet --quick --out /tmp/prune-bench
@@ -111,7 +112,7 @@ TIMINGS: dict[str, tuple[str, str, int | None, str | None]] = {
 }
 
 
-def _measure(model: Any, x: Any, args: argparse.Namespace) -> dict[str, Any]:
+def _measure_here(model: Any, x: Any, device: str, iterations: int) -> dict[str, Any]:
     return {
         name: _latency(
             copy.deepcopy(model),
@@ -119,12 +120,27 @@ def _measure(model: Any, x: Any, args: argparse.Namespace) -> dict[str, Any]:
             runtime=rt,
             device=dev,
             threads=th,
-            iterations=args.iterations,
+            iterations=iterations,
             precision=p,
         )
         for name, (rt, dev, th, p) in TIMINGS.items()
-        if dev == "cpu" or args.device == "cuda"
+        if dev == "cpu" or device == "cuda"
     }
+
+
+def _measure(model: Any, x: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Time ``model`` on every runtime, in a fresh (spawned) process unless ``--same-process``.
+
+    Why a fresh process: timed one after another in one process, the H100's torch.compile column rose
+    from model to model in the order they were timed (session 6: 0.428, 0.488, 0.529, 0.571 ms for
+    ever smaller models), so state left by earlier compilations leaked into later timings.
+    """
+    if args.same_process:
+        return _measure_here(model, x, args.device, args.iterations)
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure_here, (model.cpu(), x, args.device, args.iterations))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         help="Train and prune only (no timing); a later run without it reuses every finished run and times.",
     )
     ap.add_argument("--iterations", type=int, default=200, help="Timed runs per model and runtime.")
+    ap.add_argument(
+        "--same-process",
+        action="store_true",
+        help="Time every model in this process (default: each model in a fresh spawned process).",
+    )
     ap.add_argument("--importance", default=None, help="Override the task's importance criterion.")
     ap.add_argument(
         "--data-root", default=None, help="Folder of the data files (default: the Debian package's)."
