@@ -11,6 +11,11 @@ The model has one input, ``input``, and one output per returned tensor
 when the model has ``example_inputs()`` (every built-in family has); otherwise it
 is ``("batch", ...)`` of unknown rank (``TensorSpec.shape`` ``None``).
 
+FP32 means FP32 arithmetic: torch lets cuDNN convolutions use TF32 by default (measured on the
+H100: a ResNet-18 at max abs error 2.3e-3 against the CPU, outside the FP32 parity tolerance), so
+every run happens with TF32 off for matrix products and convolutions (``fp32_math``), the flags
+restored afterwards. ``precision="tf32"`` (FP32 storage, TF32 products) turns them on instead.
+
 ``torch.set_num_threads`` is process-wide: the session sets it to ``threads`` at
 load, re-applies it before each run if something else changed it, and restores
 the previous value on ``close``.
@@ -18,9 +23,10 @@ the previous value on ``close``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +86,9 @@ class TorchSession(Session):
                 f"runtime '{self.name}': precision '{self._precision}' is not one of {', '.join(_DTYPES)}"
             )
         if dtype != torch.float32 and target.type == "cpu" and dtype == torch.float16:
-            raise BadInputError(f"runtime '{self.name}': fp16 on CPU is not supported; use fp32 or bf16 on CPU")
+            raise BadInputError(
+                f"runtime '{self.name}': fp16 on CPU is not supported; use fp32 or bf16 on CPU"
+            )
         needs_copy = (
             model.training
             or any(t.is_floating_point() and t.dtype != dtype for t in _tensors(model))
@@ -112,7 +120,9 @@ class TorchSession(Session):
         self._prev_threads = torch.get_num_threads()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        in_dtype = "float32" if in_shape is not None else None  # unknown model: any dtype (token ids are int64)
+        in_dtype = (
+            "float32" if in_shape is not None else None
+        )  # unknown model: any dtype (token ids are int64)
         return [TensorSpec(_INPUT_NAME, in_shape, in_dtype)], out_specs
 
     def _run_impl(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -121,7 +131,7 @@ class TorchSession(Session):
         x = torch.from_numpy(np.ascontiguousarray(inputs[_INPUT_NAME]))
         # token ids stay integers; only float inputs take the session's precision
         x = x.to(self._target, dtype=self._dtype) if x.is_floating_point() else x.to(self._target)
-        with torch.inference_mode():
+        with torch.inference_mode(), fp32_math(allow_tf32=self._precision == "tf32"):
             out = self._model(x)
         # a wrong output count is reported by the base class's result check; outputs go back as float32
         return [o.detach().float().cpu().numpy() for o in _as_list(out)]
@@ -145,7 +155,24 @@ class TorchSession(Session):
         del self._model
 
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@contextlib.contextmanager
+def fp32_math(*, allow_tf32: bool) -> Iterator[None]:
+    """Set whether CUDA matrix products and cuDNN convolutions may use TF32, for the block only.
+
+    Example:
+        >>> with fp32_math(allow_tf32=False):
+        ...     torch.backends.cudnn.allow_tf32
+        False
+    """
+    prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
