@@ -16,6 +16,11 @@ whose ``symbolic`` writes exactly the nodes we want from the learned scales:
   the int8 code plus 128); below 8 bits a ``Clip`` to ``[qmin·s, qmax·s]``
   comes first so the int8/uint8 container holds only the narrower grid.
 
+These nodes are the exact image of the fake-quant model. For ``u8s8`` CNNs
+the exporter then gives the quantizers of ``Relu`` outputs zero point 0 so
+ONNX Runtime fuses ``QLinearConv`` (``compress.export.qdq``); export mode
+itself always emits the plain form.
+
 The torch values computed in export mode equal the fake-quant forward's, so
 tracing sees the same numbers the model was trained with.
 """
