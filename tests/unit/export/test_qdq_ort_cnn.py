@@ -1,8 +1,9 @@
 """INT8 ``u8s8`` export of CNNs in the form ONNX Runtime CPU runs with integer kernels (issue 7).
 
 A timm ResNet-18 shrunk through its config (channels 8-32) is QAT-prepared (BatchNorm folded) and
-calibrated; its ``u8s8`` file must become ``QLinearConv`` nodes under ONNX Runtime's optimizer, while
-``s8s8`` files and Transformer files stay exactly what they were.
+calibrated, with and without ``quantize_residual_conv_outputs``; its ``u8s8`` file must become
+``QLinearConv`` nodes under ONNX Runtime's optimizer, while ``s8s8`` files of the default QAT model and
+Transformer files stay exactly what they were.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from onnx import numpy_helper
 from compress.export import export_onnx_qdq, parity, qdq_summary
 from compress.export.config import ParityTolerancesConfig
 from compress.export.parity import check_parity
-from compress.models import build_model
-from compress.quant import QuantConfig, QuantConv2d, QuantLinear, calibrate_, prepare_qat
+from compress.models import build_model, load_model, save_model
+from compress.quant import QuantConfig, QuantConv2d, QuantLinear, calibrate_, fold_batchnorm, prepare_qat
+from compress.quant.api import residual_conv_names
 from tests._helpers.models import tiny_vit
 
 pytest.importorskip("timm")
@@ -36,14 +38,14 @@ TINY_RESNET = {
 """timm's ResNet-18 (7x7 stem + max-pool, 8 BasicBlocks, 3 downsample convs), 8 to 32 channels."""
 
 
-def _tiny_resnet_qat(x: torch.Tensor) -> torch.nn.Module:
+def _tiny_resnet_qat(x: torch.Tensor, cfg: QuantConfig | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
     m = build_model("timm", TINY_RESNET)
     m.train()
     with torch.no_grad():  # non-trivial BatchNorm statistics before folding
         for i in range(0, len(x), 32):
             m(x[i : i + 32])
-    prepare_qat(m.eval(), QuantConfig())
+    prepare_qat(m.eval(), cfg or QuantConfig())
     calibrate_(m, lambda model: model(x))
     return m.eval()
 
@@ -78,7 +80,10 @@ def cnn(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             model, root / "s8p.onnx", ex, flavour="s8s8", ort_integer_convs=False
         ),
     }
-    return {"root": root, "model": model, "x": x_test, "paths": paths}
+    residual = _tiny_resnet_qat(x_cal, QuantConfig(quantize_residual_conv_outputs=True))
+    paths["u8s8-residual"] = export_onnx_qdq(residual, root / "u8r.onnx", ex, flavour="u8s8")
+    paths["s8s8-residual"] = export_onnx_qdq(residual, root / "s8r.onnx", ex, flavour="s8s8")
+    return {"root": root, "model": model, "residual": residual, "x": x_test, "paths": paths}
 
 
 def _n_convs(model: torch.nn.Module) -> int:
@@ -191,3 +196,70 @@ def test_transformer_u8s8_export_is_unchanged(tmp_path):
     b = export_onnx_qdq(model, tmp_path / "b.onnx", x[:2], flavour="u8s8", ort_integer_convs=False)
     assert onnx.load(str(a)).SerializeToString() == onnx.load(str(b)).SerializeToString()
     assert qdq_summary(a)["activation_zero_points"] == [("uint8", 128)]
+
+
+def test_residual_conv_output_quantizers_make_every_conv_but_the_stem_qlinearconv(cnn):
+    model, root = cnn["residual"], cnn["root"]
+    fused = collections.Counter(
+        n.op_type for n in _ort_optimized(cnn["paths"]["u8s8-residual"], root / "res.onnx").graph.node
+    )
+    assert fused["QLinearConv"] == _n_convs(model) - 1
+    assert fused["Conv"] + fused["FusedConv"] == 1  # the stem: its Relu feeds a MaxPool
+    zero_points = _zero_points_by_source(onnx.load(str(cnn["paths"]["u8s8-residual"])))
+    assert set(zero_points["Relu"]) == {0}
+    assert set(zero_points["Conv"]) == {128}  # signed conv outputs: the symmetric grid, re-encoded
+    assert len(zero_points["Conv"]) == 12  # 8 blocks' conv2 + 4 downsample convs
+
+
+def test_residual_conv_names_follow_the_trace_through_folded_batchnorms():
+    m = build_model("timm", TINY_RESNET)
+    assert residual_conv_names(m) == []  # an unfolded BatchNorm sits between the conv and the add
+    fold_batchnorm(m)
+    names = residual_conv_names(m)
+    assert names[:3] == ["net.layer1.0.conv2", "net.layer1.0.downsample.0", "net.layer1.1.conv2"]
+    assert len(names) == 12
+
+
+def test_residual_conv_output_quantizers_sit_on_convs_feeding_adds_and_are_calibrated(cnn, tmp_path):
+    model = cnn["residual"]
+    with_output = sorted(n for n, m in model.named_modules() if getattr(m, "output_quantizer", None))
+    blocks = [f"net.layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    downsample = [f"net.layer{i}.0.downsample.0" for i in range(1, 5)]
+    assert with_output == sorted([f"{b}.conv2" for b in blocks] + downsample)
+    assert all(bool(model.get_submodule(n).output_quantizer.calibrated) for n in with_output)
+    assert all(
+        getattr(m, "output_quantizer", 0) is None
+        for m in cnn["model"].modules()
+        if isinstance(m, QuantConv2d)
+    )
+    save_model(model, tmp_path / "q.pt")
+    reloaded = load_model(tmp_path / "q.pt").eval()
+    assert "net.layer1.0.conv2.output_quantizer.log_scale" in reloaded.state_dict()
+    x = cnn["x"][:8]
+    assert torch.equal(reloaded(x), model(x))
+
+
+def test_residual_conv_output_quantizers_parity_and_s8s8(cnn):
+    model, x = cnn["residual"], cnn["x"]
+    tol = ParityTolerancesConfig().int8
+    for key in ("u8s8-residual", "s8s8-residual"):
+        p = parity(cnn["paths"][key], model, x, batch_size=64)
+        assert check_parity(p, tol) == []
+        assert p["cosine"] > 0.999
+    s8 = qdq_summary(cnn["paths"]["s8s8-residual"])
+    assert s8["activation_zero_points"] == [("int8", 0)]
+    n_inputs = sum(isinstance(m, QuantConv2d | QuantLinear) for m in model.modules())
+    assert s8["activations"] == n_inputs + 12  # one more per output quantizer
+
+
+def test_residual_conv_names_needs_a_traceable_model():
+    class Untraceable(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) + x if x.sum() > 0 else x  # data-dependent control flow
+
+    with pytest.raises(ValueError, match="quantize_residual_conv_outputs"):
+        prepare_qat(Untraceable(), QuantConfig(quantize_residual_conv_outputs=True))
