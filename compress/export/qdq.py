@@ -18,12 +18,45 @@ Two flavours of the same quantized network:
     integer kernels are u8×s8 (VNNI/AVX2), and S8S8 Q/DQ is known to run
     slower than FP32 there.
 
+u8s8 and convolutions (``ort_integer_convs=True``, the default; issue 7)
+    ONNX Runtime turns ``DequantizeLinear → Conv → QuantizeLinear`` into an
+    integer ``QLinearConv`` only when the convolution's output goes straight
+    to a ``QuantizeLinear``. Our quantizers sit at layer *inputs*, so in a CNN
+    a convolution's output first passes a ``Relu`` or goes to a residual
+    ``Add`` in float, and ORT runs such a convolution in float on dequantized
+    tensors (slower than the FP32 file). ``s8s8`` files and graphs without
+    these patterns (Transformers: their quantizers follow LayerNorm, GELU,
+    Softmax) are written exactly as before.
+
+    * ``Conv → Relu → Q``: a ``QuantizeLinear`` of a ``Relu`` output (possibly
+      through ``Identity``, pooling or ``Flatten``) and its ``DequantizeLinear``
+      get uint8 zero point 0 with the same scale, so ORT's ``ReluQuantFusion``
+      drops the ``Relu``. Codes 0..127 mean what they meant; a value above
+      ``127 · scale``, which the fake-quant model clips at 127, now keeps a
+      code up to 255: closer to the float model than the fake-quant model
+      is, but not identical to it. With min-max calibrated scales such values
+      are rare; parity measures the difference.
+    * ``Conv → Add`` (the residual branch: a ResNet block's last conv and its
+      downsample conv) has no quantizer after the conv in a default QAT
+      model, so it stays in float. A model prepared with
+      ``QuantConfig(quantize_residual_conv_outputs=True)`` has one there
+      (``compress.quant.config``): trained and calibrated with the others, it
+      is exported like any activation quantizer (zero point 128: conv outputs
+      are signed) and ORT fuses those convolutions too. The exporter adds no
+      quantizer of its own and calibrates nothing.
+
+    A ``Relu`` with more than one consumer (a ResNet stem feeding both the
+    first block and its identity shortcut) cannot be dropped either.
+    ``ort_integer_convs=False`` writes the plain re-encoding, which
+    reproduces the fake-quant model exactly.
+
 How: quantizers are put in export mode (``compress.quant.onnx_export_mode``),
 in which they emit these Q/DQ nodes through custom symbolics while the
 TorchScript exporter (``dynamo=False``) traces the model; then this module
 turns the Q/DQ constants into initializers, folds weight transposes into the
-INT8 initializers, and checks the result with ``onnx.checker``. The batch
-axis stays dynamic. Files are written atomically.
+INT8 initializers, applies the ``u8s8`` convolution rewrite, and checks the
+result with ``onnx.checker``. The batch axis stays dynamic. Files are written
+atomically.
 """
 
 from __future__ import annotations
@@ -53,6 +86,7 @@ def export_onnx_qdq(
     opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = True,
     external_data: bool = False,
+    ort_integer_convs: bool = True,
 ) -> Path:
     """Export a calibrated/QAT model to INT8 Q/DQ ONNX using its learned scales.
 
@@ -66,6 +100,10 @@ def export_onnx_qdq(
         dynamic_batch: Make axis 0 of input and output symbolic (``batch``, and ``sequence`` for
             token inputs).
         external_data: Keep tensors in a data file beside ``path`` (``compress.export.onnx.write_onnx``).
+        ort_integer_convs: ``u8s8`` only (ignored for ``s8s8``): write the form ONNX Runtime CPU fuses
+            into ``QLinearConv`` (module docstring, "u8s8 and convolutions"). ``False`` keeps the plain
+            re-encoding (zero point 128 everywhere, nothing added), which computes exactly what the
+            fake-quant model computes but leaves CNN convolutions in float on ONNX Runtime CPU.
 
     Returns:
         The path written.
@@ -108,6 +146,8 @@ def export_onnx_qdq(
     proto = onnx.load_from_string(data)
     _constants_to_initializers(proto)
     _fold_weight_transposes(proto)
+    if flavour == "u8s8" and ort_integer_convs:
+        _zero_point_0_after_relu(proto)
     _remove_unused_initializers(proto)
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -253,6 +293,90 @@ def _fold_weight_transposes(proto: Any) -> None:
         keep = [n for n in g.node if id(n) not in ids]
         del g.node[:]
         g.node.extend(keep)
+
+
+def _producers(g: Any) -> dict[str, Any]:
+    """The node producing each tensor name (graph inputs and initializers have none)."""
+    return {o: n for n in g.node for o in n.output}
+
+
+def _scalar_initializer(inits: dict[str, Any], name: str) -> float | None:
+    """The value of a one-element initializer ``name``; ``None`` for anything else (or no name)."""
+    from onnx import numpy_helper
+
+    if not name or name not in inits:
+        return None
+    a = numpy_helper.to_array(inits[name])
+    return float(a.reshape(-1)[0]) if a.size == 1 else None
+
+
+_NONNEGATIVE_PASS_THROUGH = frozenset(
+    {"Identity", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape"}
+)
+"""Ops whose output is >= 0 wherever their (first) input is."""
+
+
+def _is_relu_output(name: str, producers: dict[str, Any], inits: dict[str, Any]) -> bool:
+    """Whether tensor ``name`` comes from a ``Relu`` (or ``Clip`` with lower bound >= 0, i.e. ``Relu6``).
+
+    Followed back through ``Identity``, pooling, ``Flatten``/``Reshape`` and a ``Clip`` whose upper
+    bound is >= 0 (the sub-8-bit activation clip). ``Softmax``/``Sigmoid`` outputs are nonnegative too but are
+    deliberately not sources: Transformer files keep their zero points (issue 7 concerns CNNs).
+    """
+    node = producers.get(name)
+    while node is not None:
+        if node.op_type == "Relu":
+            return True
+        if node.op_type == "Clip":
+            lo = _scalar_initializer(inits, node.input[1]) if len(node.input) > 1 else None
+            hi = _scalar_initializer(inits, node.input[2]) if len(node.input) > 2 else None
+            if lo is not None and lo >= 0:
+                return True
+            if hi is None or hi < 0:
+                return False
+        elif node.op_type not in _NONNEGATIVE_PASS_THROUGH:
+            return False
+        node = producers.get(node.input[0])
+    return False
+
+
+def _zero_point_0_after_relu(proto: Any) -> int:
+    """Give each ``QuantizeLinear`` of a ``Relu`` output, and its ``DequantizeLinear``, uint8 zero point 0.
+
+    Same scale, so codes 0..127 mean what they meant with zero point 128. Values above
+    ``127 · scale``, clipped at 127 by the fake-quant model, now keep codes up to 255 (module
+    docstring). ONNX Runtime's ``ReluQuantFusion`` drops a ``Relu`` before a ``QuantizeLinear`` only
+    when the zero point is the bottom of the range, which lets ``Conv → Relu → Q`` become
+    ``QLinearConv``.
+
+    Returns:
+        The number of quantizers changed.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    g = proto.graph
+    inits, consumers = _graph_index(g)
+    producers = _producers(g)
+    changed = 0
+    for n in g.node:
+        if n.op_type != "QuantizeLinear" or len(n.input) < 3 or n.input[2] not in inits:
+            continue
+        zp = numpy_helper.to_array(inits[n.input[2]])
+        if zp.dtype != np.uint8 or zp.size != 1 or int(zp.reshape(-1)[0]) != 128:
+            continue
+        partners = consumers.get(n.output[0], [])
+        if not partners or any(c.op_type != "DequantizeLinear" for c in partners):
+            continue
+        if not _is_relu_output(n.input[0], producers, inits):
+            continue
+        name = f"{n.output[0]}_zero_point_0"
+        g.initializer.append(numpy_helper.from_array(np.zeros(zp.shape, dtype=np.uint8), name=name))
+        n.input[2] = name
+        for c in partners:
+            c.input[2] = name
+        changed += 1
+    return changed
 
 
 def _remove_unused_initializers(proto: Any) -> None:

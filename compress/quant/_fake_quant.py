@@ -341,7 +341,8 @@ class QuantConv2d(nn.Conv2d):
 
     Subclasses ``nn.Conv2d`` (``weight``/``bias`` keep their keys), like ``QuantLinear``. With
     BatchNorm folded first (``compress.quant.fold_batchnorm``) the quantized weights are the ones a
-    deployed convolution uses.
+    deployed convolution uses. ``prepare_qat`` with ``quantize_residual_conv_outputs`` also gives a
+    convolution that feeds a residual add an ``output_quantizer`` (else it is ``None``).
     """
 
     def __init__(self, conv: nn.Conv2d, *, cfg: QuantConfig) -> None:
@@ -361,9 +362,24 @@ class QuantConv2d(nn.Conv2d):
         self.bias = conv.bias
         self.weight_quantizer = _weight_quantizer(cfg.weights, conv.out_channels)
         self.input_quantizer = _act_quantizer(cfg.activations, cfg.calibration)
+        self.output_quantizer: FakeQuantizer | None = None
         for fq in (self.weight_quantizer, self.input_quantizer):
             fq.to(conv.weight.device)
         self.train(conv.training)
+
+    def add_output_quantizer_(self, cfg: QuantConfig) -> FakeQuantizer:
+        """Give this convolution a per-tensor output quantizer (``cfg.activations``), in place.
+
+        For a convolution whose output goes into a residual add: with it the exported graph reads
+        ``DequantizeLinear → Conv → QuantizeLinear``, which ONNX Runtime runs as ``QLinearConv``.
+        Its state-dict keys are ``output_quantizer.*``; it is calibrated and trained like the input
+        quantizer.
+
+        Returns:
+            The new quantizer.
+        """
+        self.output_quantizer = _act_quantizer(cfg.activations, cfg.calibration).to(self.weight.device)
+        return self.output_quantizer
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, cfg: QuantConfig) -> QuantConv2d:
@@ -371,7 +387,8 @@ class QuantConv2d(nn.Conv2d):
         return cls(conv, cfg=cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        y = self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        return y if self.output_quantizer is None else self.output_quantizer(y)
 
 
 class QuantMatMul(MatMul):

@@ -10,11 +10,18 @@ whose ``symbolic`` writes exactly the nodes we want from the learned scales:
 * weights: ``DequantizeLinear(int8 codes, scale, zero_point=0, axis)`` with the
   codes precomputed in torch by the same formula the fake-quant forward uses,
   so ONNX and torch hold bit-identical integer weights;
-* activations: ``QuantizeLinear → DequantizeLinear`` per tensor, zero point
+* activations (layer inputs, and the outputs of convolutions given an output
+  quantizer): ``QuantizeLinear → DequantizeLinear`` per tensor, zero point
   int8 0 (``s8s8``) or uint8 128 (``u8s8``: the same grid shifted by 128, an
   exact re-encoding, since ``round(x/s) + 128`` saturated to [0, 255] equals
   the int8 code plus 128); below 8 bits a ``Clip`` to ``[qmin·s, qmax·s]``
   comes first so the int8/uint8 container holds only the narrower grid.
+
+These nodes are the exact image of the fake-quant model, including the
+output quantizers of residual convolutions (``quantize_residual_conv_outputs``).
+For ``u8s8`` CNNs the exporter then gives the quantizers of ``Relu`` outputs
+zero point 0 so ONNX Runtime fuses ``QLinearConv`` (``compress.export.qdq``);
+export mode itself always emits the plain form.
 
 The torch values computed in export mode equal the fake-quant forward's, so
 tracing sees the same numbers the model was trained with.
@@ -127,6 +134,8 @@ def onnx_export_mode(model: nn.Module, *, activation_dtype: ActivationDtype = "i
         for name, m in model.named_modules():
             if isinstance(m, QuantLinear | QuantConv2d):
                 pairs = [(m.weight_quantizer, m.weight), (m.input_quantizer, None)]
+                if isinstance(m, QuantConv2d) and m.output_quantizer is not None:
+                    pairs.append((m.output_quantizer, None))
             elif isinstance(m, QuantMatMul):
                 pairs = [(m.a_quantizer, None), (m.b_quantizer, None)]
             else:

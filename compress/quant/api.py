@@ -18,6 +18,7 @@ scales from the state dict.
 from __future__ import annotations
 
 import fnmatch
+import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -106,7 +107,9 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
     replaced: ``nn.Linear`` by ``QuantLinear`` (parameters shared, state-dict
     keys kept) and, with ``quantize_attention_matmuls``, ``MatMul`` by
     ``QuantMatMul`` (a Hugging Face BERT-family model first gets its attention
-    exposed as modules: ``compress.models.exposed``). Each module gets ``cfg.for_module(name)``: the first
+    exposed as modules: ``compress.models.exposed``). With ``quantize_residual_conv_outputs``, each
+    quantized convolution in ``residual_conv_names(model)`` also gets an output quantizer. Each module
+    gets ``cfg.for_module(name)``: the first
     override whose pattern equals its qualified name, else the first whose
     glob matches, else the defaults; an override with ``quantize: false``
     leaves the module in floating point. The transform is recorded as ``qat`` so ``load_model``
@@ -135,6 +138,7 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
             f"{type(model).__name__} is already quantized (prepare_qat ran before); prepare it once"
         )
     rules, targets = _quant_targets(model, cfg)
+    residual = residual_conv_names(model) if cfg.quantize_residual_conv_outputs else []
     names = [n for _, n, _, _ in targets]
     unmatched = unmatched_override_patterns(cfg, names)
     if unmatched:
@@ -152,8 +156,72 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
     if swapped == 0:
         kinds = ", ".join(r.source.__name__ for r in rules)
         raise ValueError(f"{type(model).__name__} has no module to quantize (looked for {kinds})")
+    for name in residual:
+        conv = model.get_submodule(name)
+        module_cfg = cfg.for_module(name)
+        if isinstance(conv, QuantConv2d) and module_cfg is not None:
+            conv.add_output_quantizer_(module_cfg)
     record_transform(model, "qat", cfg.model_dump(mode="json"))
     return model
+
+
+_ADDS = (operator.add, operator.iadd, torch.add)
+
+
+def residual_conv_names(model: nn.Module) -> list[str]:
+    """Qualified names of the ``nn.Conv2d`` modules whose output goes only into residual additions.
+
+    Found from a ``torch.fx`` trace (of ``model.net`` for a wrapped outside model, as BatchNorm
+    folding does): a convolution qualifies when every path from its output, through ``nn.Identity``
+    modules (folded BatchNorms), ends at an ``add``. These are the convolutions ``prepare_qat`` gives
+    an output quantizer with ``quantize_residual_conv_outputs``.
+
+    Args:
+        model: A float model with its BatchNorms folded (``prepare_qat`` calls this after folding and
+            before swapping the convolutions); an unfolded BatchNorm between a convolution and the
+            add disqualifies it.
+
+    Returns:
+        Names in graph order.
+
+    Raises:
+        ValueError: ``model`` cannot be traced by ``torch.fx``.
+
+    Example:
+        >>> from compress.models import build_model
+        >>> m = build_model("torchvision", {"arch": "resnet18", "num_classes": 10})
+        >>> fold_batchnorm(m)
+        20
+        >>> residual_conv_names(m)[:3]
+        ['net.layer1.0.conv2', 'net.layer1.1.conv2', 'net.layer2.0.conv2']
+    """
+    import torch.fx
+
+    net = getattr(model, "net", None)
+    root, prefix = (net, "net.") if isinstance(net, nn.Module) else (model, "")
+    try:
+        gm = torch.fx.symbolic_trace(root)
+    except Exception as e:
+        raise ValueError(
+            f"quant.quantize_residual_conv_outputs: {type(model).__name__} cannot be traced by torch.fx "
+            f"({type(e).__name__}: {e}); set quantize_residual_conv_outputs: false"
+        ) from e
+    mods = dict(root.named_modules())
+
+    def only_adds(node: torch.fx.Node) -> bool:
+        users = list(node.users)
+        return bool(users) and all(
+            (u.op == "call_function" and u.target in _ADDS)
+            or (u.op == "call_method" and u.target in ("add", "add_"))
+            or (u.op == "call_module" and isinstance(mods.get(str(u.target)), nn.Identity) and only_adds(u))
+            for u in users
+        )
+
+    return [
+        prefix + str(n.target)
+        for n in gm.graph.nodes
+        if n.op == "call_module" and type(mods.get(str(n.target))) is nn.Conv2d and only_adds(n)
+    ]
 
 
 def _quant_targets(

@@ -36,6 +36,16 @@ classifier, kept at 8 bits::
         - {pattern: patch_embed, weights: {bits: 8}}
         - {pattern: head, weights: {bits: 8}}
 
+CNNs for ONNX Runtime CPU: quantizers sit at layer inputs, so the last
+convolution of a residual block writes its output in float into the ``Add``
+and ONNX Runtime cannot run it as an integer ``QLinearConv``.
+``quantize_residual_conv_outputs: true`` gives each such convolution an
+output quantizer (found from a ``torch.fx`` trace), calibrated by
+``calibrate_`` and trained with the other scales, so the ``onnx-int8-u8``
+file quantizes exactly where the trained model did (issue 7;
+``compress.export.qdq``). It is off by default because it changes the
+fake-quant model (and so every INT8 file of it, TensorRT's too).
+
 7-, 4- and 2-bit settings use the same code (grids ``[-64, 63]``, ``[-8, 7]``,
 ``[-2, 1]``); they export as int8 Q/DQ holding the narrower codes, so the file
 is not smaller than 8 bits (a packed INT4 export needs opset 21). 7-bit weights
@@ -86,8 +96,10 @@ class WeightQuantConfig(CompressConfig):
         True, description="Learn the scales with LSQ; false keeps the calibrated scales fixed."
     )
     clip: float = Field(
-        2.5, gt=0, description="twn only: weights are clamped to [-clip, clip] before ternarization "
-        "(the TI code's clip_val); gradients are zero outside."
+        2.5,
+        gt=0,
+        description="twn only: weights are clamped to [-clip, clip] before ternarization "
+        "(the TI code's clip_val); gradients are zero outside.",
     )
 
     @model_validator(mode="before")
@@ -170,6 +182,13 @@ class QuantConfig(CompressConfig):
         True,
         description="Fold every BatchNorm that directly follows a convolution into it before QAT "
         "(the deployed convolution's weights are then the ones quantized); CNNs only.",
+    )
+    quantize_residual_conv_outputs: bool = Field(
+        False,
+        description="Also fake-quantize (per tensor, learned scale, like a layer input) the output of each "
+        "Conv2d whose result goes only into a residual add (a ResNet block's last conv and its downsample "
+        "conv), so that ONNX Runtime CPU runs those convolutions as integer QLinearConv in onnx-int8-u8 "
+        "files; needs a torch.fx-traceable model. Off: the convolutions stay float there.",
     )
     overrides: list[QuantOverrideConfig] = Field(
         default_factory=list,
