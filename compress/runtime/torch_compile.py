@@ -12,7 +12,7 @@ on top of the graph's own time, which for a pruned 3-layer MiniLM (0.26 ms on th
 than doubled its latency and flattened every ratio. A model whose forward cannot be captured
 (it synchronises with the host, say) runs compiled without graphs; the reason is kept in
 ``GraphedModule.fallback_reason`` and warned about. On CPU inductor's default mode is used.
-Precision from the target (fp32, fp16, bf16).
+Precision from the target (fp32, tf32, fp16, bf16).
 """
 
 from __future__ import annotations

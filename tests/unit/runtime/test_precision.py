@@ -24,7 +24,7 @@ def test_bf16_is_close_and_returns_float32():
 
 
 def test_unknown_or_unsupported_precision_named():
-    with pytest.raises(BadInputError, match="precision 'fp8' is not one of fp32, fp16, bf16"):
+    with pytest.raises(BadInputError, match="precision 'fp8' is not one of fp32, tf32, fp16, bf16"):
         open_session("torch", tiny_vit(), precision="fp8")
     with pytest.raises(BadInputError, match="fp16 on CPU is not supported"):
         open_session("torch", tiny_vit(), precision="fp16")
