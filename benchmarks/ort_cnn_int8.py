@@ -40,7 +40,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ort_op_profile import profile  # noqa: E402
+from ort_op_profile import profile, profile_table  # noqa: E402
 
 from compress.bench.latency import measure_latency  # noqa: E402
 from compress.data.fashion_mnist import DEFAULT_ROOT, read_all  # noqa: E402
@@ -168,12 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             profiles.append((name, profile(path, batch=args.batch, threads=args.threads, runs=20, seq=None)))
         for name, rows_ in profiles:
-            total = sum(ms for _, ms, _ in rows_)
             print(f"\n## ORT operator profile: {name}\n")
-            print("| operator | kernel ms / run | share | nodes / run |\n|---|---|---|---|")
-            for op, ms, n in rows_:
-                print(f"| {op} | {ms:.2f} | {100 * ms / total:.1f} % | {n} |")
-            print(f"| total | {total:.2f} | | |")
+            print(profile_table(rows_))
     return 0
 
 

@@ -59,13 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq", type=int, default=None, help="Token length for token-id inputs.")
     args = ap.parse_args(argv)
     rows = profile(args.onnx, batch=args.batch, threads=args.threads, runs=args.runs, seq=args.seq)
-    total = sum(ms for _, ms, _ in rows)
     print(f"# {args.onnx} (ORT CPU, {args.threads} threads, batch {args.batch}, {args.runs} runs)\n")
-    print("| operator | kernel ms / run | share | nodes / run |\n|---|---|---|---|")
-    for op, ms, n in rows:
-        print(f"| {op} | {ms:.2f} | {100 * ms / total:.1f} % | {n} |")
-    print(f"| total | {total:.2f} | | |")
+    print(profile_table(rows))
     return 0
+
+
+def profile_table(rows: list[tuple[str, float, int]]) -> str:
+    """``profile``'s rows as a markdown table with each operator's share and a total line."""
+    total = sum(ms for _, ms, _ in rows)
+    lines = ["| operator | kernel ms / run | share | nodes / run |", "|---|---|---|---|"]
+    lines += [f"| {op} | {ms:.2f} | {100 * ms / total:.1f} % | {n} |" for op, ms, n in rows]
+    return "\n".join([*lines, f"| total | {total:.2f} | | |"])
 
 
 if __name__ == "__main__":
