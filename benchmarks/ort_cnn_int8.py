@@ -4,7 +4,7 @@ Builds the ``fashion-resnet`` teacher of ``benchmarks/distill_real.py`` (torchvi
 input, 3x3 stem without max-pool), trains it briefly in FP32 on Fashion-MNIST (``--train-steps``; 0 keeps
 random init with BatchNorm statistics from real images), QAT-prepares it twice (BatchNorm folded): with
 the default ``QuantConfig`` and with ``quantize_residual_conv_outputs: true``, calibrates both on the same
-training images (no QAT training) and exports:
+training images (``--qat-steps`` then trains each, LSQ scales included; default 0) and exports:
 
 * ``fp32``: ``compress.export.export_onnx`` of the folded float model;
 * ``u8s8 plain (before)``: ``export_onnx_qdq(flavour="u8s8", ort_integer_convs=False)`` of the default
@@ -64,8 +64,10 @@ def _data(n_train: int, n_test: int, seed: int) -> tuple[torch.Tensor, ...]:
     return x_t[train], y_t[train], x_t[test], y_t[test]
 
 
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int) -> None:
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+def _train(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, lr: float = 2e-3
+) -> None:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     model.train()
     for i in range(steps):
         idx = torch.randint(0, len(x), (batch,), generator=torch.Generator().manual_seed(i))
@@ -100,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-steps", type=int, default=60, help="FP32 training steps (batch 64) before QAT.")
     ap.add_argument("--calib", type=int, default=256, help="Training images calibrating the quantizers.")
     ap.add_argument("--test", type=int, default=1000, help="Held-out images for parity and accuracy.")
+    ap.add_argument(
+        "--qat-steps",
+        type=int,
+        default=0,
+        help="QAT training steps (batch 64) after calibration (default 0).",
+    )
+    ap.add_argument("--qat-lr", type=float, default=1e-4, help="QAT learning rate (AdamW).")
     ap.add_argument("--weight-bits", type=int, default=8, help="QAT weight bits (7 avoids AVX2 saturation).")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -119,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         m = prepare_qat(copy.deepcopy(fp), cfg)
         calibrate_(m, lambda model: [model(calib[i : i + 64]) for i in range(0, len(calib), 64)])
+        if args.qat_steps:  # LSQ scales and weights trained together, as a qat stage does
+            _train(m, x_tr, y_tr, args.qat_steps, 64, lr=args.qat_lr)
         return m.eval()
 
     qat, qat_res = quantized(False), quantized(True)
@@ -140,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             f"host: {platform.processor() or platform.machine()}, torch {torch.__version__}; "
             f"batch {args.batch}, {args.threads} threads, {args.iterations} x 3 timed runs; "
             f"{args.train_steps} FP32 training steps ({train_s:.0f} s), {args.weight_bits}-bit weights, "
-            f"quantizers calibrated on {args.calib} training images (no QAT training); parity on "
+            f"quantizers calibrated on {args.calib} training images, then {args.qat_steps} QAT steps; "
+            "parity on "
             f"{len(x_te)} test images vs each file's fake-quant model (FP32 file: vs the folded float "
             "model).\n"
         )
