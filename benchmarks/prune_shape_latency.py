@@ -135,16 +135,12 @@ def main(argv: list[str] | None = None) -> int:
             s, b = r["latency"][c], base["latency"][c]
             cells += [f"{s['p50_ms']:.2f} / {s['p95_ms']:.2f}", f"{b['p50_ms'] / s['p50_ms']:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
-    device = (
-        torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
-    )
+    device = _cpu_name() + (f" + {torch.cuda.get_device_name()}" if args.device == "cuda" else "")
     cmd = "python benchmarks/prune_shape_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = (
         f"# Pruned MiniLM shapes: latency\n\nCommand: `{cmd}`\n\n"
         f"Device: {device}; torch {torch.__version__}; batch {args.batch} x {x.shape[1]} tokens, "
-        f"{args.iterations} timed runs, each model in a fresh process\n\n"
-        + "\n".join(lines)
-        + "\n"
+        f"{args.iterations} timed runs, each model in a fresh process\n\n" + "\n".join(lines) + "\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "wordnet-minilm-shapes.md").write_text(text)
