@@ -204,7 +204,9 @@ def student_by_width(
         if keep > n:
             raise ValueError(f"ffn {keep} is more than the {n} FFN neurons of the teacher")
         if keep < n:
-            ratios[fc] = 1.0 - keep / n
+            # torch-pruning keeps int(n * (1 - ratio)) neurons; aim half a neuron above ``keep`` so float
+            # rounding cannot drop one (1 - 440/1536 kept 439 of 1536)
+            ratios[fc] = 1.0 - (keep + 0.5) / n
     if hidden is not None:
         _narrow_hidden(student, example_inputs, hidden, imp=imp, round_to=round_to, heads={
             getattr(a, p): int(getattr(a, heads_attr)) for a in attn.values() for p in projs

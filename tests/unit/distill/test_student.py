@@ -156,3 +156,13 @@ def test_vit_students_narrow_heads_ffn_and_hidden(family, tmp_path):
     assert s(x).shape == (2, 10)
     save_model(s, tmp_path / "s.pt")
     torch.testing.assert_close(load_model(tmp_path / "s.pt").eval()(x), s(x))
+
+
+@pytest.mark.parametrize("ffn", [440, 439, 1095, 1])
+def test_ffn_keeps_exactly_the_neurons_asked_for(ffn):
+    """``1 - 440/1536`` in floating point made torch-pruning keep 439 neurons; every count must be exact."""
+    torch.manual_seed(0)
+    t = build_model("hf", {"hf_config": {**TINY_BERT, "intermediate_size": 1536}, "num_labels": 5}).eval()
+    s = _student(t, _ids(), ffn=ffn)
+    assert {layer.intermediate.dense.out_features for layer in s.net.bert.encoder.layer} == {ffn}
+    assert s(_ids()).shape == (3, 5)
