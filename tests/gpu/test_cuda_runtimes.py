@@ -51,3 +51,20 @@ def test_torch_cuda_fp32_convolutions_run_without_tf32(precision, fp32_exact):
         assert err < 1e-5, err
     else:  # TF32 (10-bit mantissa) over 2304- and 147456-long sums: visibly coarser than FP32
         assert err > 1e-5, err
+
+
+@pytest.mark.parametrize("runtime", ["torch", "torch-compile"])
+def test_cuda_session_results_are_independent_copies(runtime):
+    """Inputs and outputs go through reused pinned host buffers: a result must not change when the
+    next call (same or another batch size) reuses them, and each call must see its own input."""
+    model = tiny_vit(depth=1, dim=32).eval()
+    xs = [torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8), torch.randn(2, 1, 8, 8)]
+    refs = [model(x).detach().numpy() for x in xs]
+    with open_session(runtime, model, device="cuda", precision="fp32") as sess:
+        outs = [sess.run({"input": x.numpy()})[0] for x in xs]
+        again = sess.run({"input": xs[0].numpy()})[0]
+    for out, ref in zip(outs, refs, strict=True):
+        assert out.shape == ref.shape
+        assert np.abs(out - ref).max() < 1e-4
+    assert np.array_equal(again, outs[0])
+    assert not np.shares_memory(again, outs[0])
