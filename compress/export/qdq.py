@@ -37,9 +37,9 @@ u8s8 and convolutions (``ort_integer_convs=True``, the default; issue 7)
       is, but not identical to it. With min-max calibrated scales such values
       are rare; parity measures the difference.
     * ``Conv → Add`` (the residual branch: a ResNet block's last conv and its
-      downsample conv) has no quantizer after the conv in a default QAT
-      model, so it stays in float. A model prepared with
-      ``QuantConfig(quantize_residual_conv_outputs=True)`` has one there
+      downsample conv) stays in float unless the QAT model has a quantizer
+      after the conv. ``QuantConfig.quantize_residual_conv_outputs`` (default
+      ``auto``: every CNN torch.fx can trace) puts one there
       (``compress.quant.config``): trained and calibrated with the others, it
       is exported like any activation quantizer (zero point 128: conv outputs
       are signed) and ORT fuses those convolutions too. The exporter adds no

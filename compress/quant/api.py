@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import operator
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -107,8 +108,9 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
     replaced: ``nn.Linear`` by ``QuantLinear`` (parameters shared, state-dict
     keys kept) and, with ``quantize_attention_matmuls``, ``MatMul`` by
     ``QuantMatMul`` (a Hugging Face BERT-family model first gets its attention
-    exposed as modules: ``compress.models.exposed``). With ``quantize_residual_conv_outputs``, each
-    quantized convolution in ``residual_conv_names(model)`` also gets an output quantizer. Each module
+    exposed as modules: ``compress.models.exposed``). With ``quantize_residual_conv_outputs`` (default
+    ``auto``: every CNN that torch.fx can trace), each quantized convolution in
+    ``residual_conv_names(model)`` also gets an output quantizer. Each module
     gets ``cfg.for_module(name)``: the first
     override whose pattern equals its qualified name, else the first whose
     glob matches, else the defaults; an override with ``quantize: false``
@@ -138,7 +140,7 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
             f"{type(model).__name__} is already quantized (prepare_qat ran before); prepare it once"
         )
     rules, targets = _quant_targets(model, cfg)
-    residual = residual_conv_names(model) if cfg.quantize_residual_conv_outputs else []
+    residual = _residual_convs(model, cfg.quantize_residual_conv_outputs)
     names = [n for _, n, _, _ in targets]
     unmatched = unmatched_override_patterns(cfg, names)
     if unmatched:
@@ -163,6 +165,26 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
             conv.add_output_quantizer_(module_cfg)
     record_transform(model, "qat", cfg.model_dump(mode="json"))
     return model
+
+
+def _residual_convs(model: nn.Module, setting: bool | str) -> list[str]:
+    """``residual_conv_names(model)`` as ``quantize_residual_conv_outputs`` asks (see QuantConfig)."""
+    if setting is False:
+        return []
+    if setting == "auto":
+        if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            return []
+        try:
+            return residual_conv_names(model)
+        except ValueError as e:
+            warnings.warn(
+                f"{e.args[0]}; with quantize_residual_conv_outputs: auto the residual convolutions keep "
+                "float outputs (ONNX Runtime CPU then runs them in float)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return []
+    return residual_conv_names(model)
 
 
 _ADDS = (operator.add, operator.iadd, torch.add)

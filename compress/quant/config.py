@@ -39,12 +39,15 @@ classifier, kept at 8 bits::
 CNNs for ONNX Runtime CPU: quantizers sit at layer inputs, so the last
 convolution of a residual block writes its output in float into the ``Add``
 and ONNX Runtime cannot run it as an integer ``QLinearConv``.
-``quantize_residual_conv_outputs: true`` gives each such convolution an
-output quantizer (found from a ``torch.fx`` trace), calibrated by
-``calibrate_`` and trained with the other scales, so the ``onnx-int8-u8``
-file quantizes exactly where the trained model did (issue 7;
-``compress.export.qdq``). It is off by default because it changes the
-fake-quant model (and so every INT8 file of it, TensorRT's too).
+``quantize_residual_conv_outputs`` gives each such convolution an output
+quantizer (found from a ``torch.fx`` trace), calibrated by ``calibrate_``
+and trained with the other scales, so the ``onnx-int8-u8`` file quantizes
+exactly where the trained model did (issue 7; ``compress.export.qdq``).
+Its default, ``auto``, turns it on for every CNN that torch.fx can trace (a
+model that cannot be traced keeps float residual outputs, with a warning);
+``false`` keeps the earlier fake-quant model, whose INT8 CNN files ONNX
+Runtime runs mostly in float (slower than FP32 on x86 CPUs: 0.81x on a
+ResNet-18, docs/results/ort-cnn-int8).
 
 7-, 4- and 2-bit settings use the same code (grids ``[-64, 63]``, ``[-8, 7]``,
 ``[-2, 1]``); they export as int8 Q/DQ holding the narrower codes, so the file
@@ -183,12 +186,14 @@ class QuantConfig(CompressConfig):
         description="Fold every BatchNorm that directly follows a convolution into it before QAT "
         "(the deployed convolution's weights are then the ones quantized); CNNs only.",
     )
-    quantize_residual_conv_outputs: bool = Field(
-        False,
+    quantize_residual_conv_outputs: bool | Literal["auto"] = Field(
+        "auto",
         description="Also fake-quantize (per tensor, learned scale, like a layer input) the output of each "
         "Conv2d whose result goes only into a residual add (a ResNet block's last conv and its downsample "
         "conv), so that ONNX Runtime CPU runs those convolutions as integer QLinearConv in onnx-int8-u8 "
-        "files; needs a torch.fx-traceable model. Off: the convolutions stay float there.",
+        "files (TensorRT's Q/DQ guidance also quantizes residual-add inputs). true: needs a "
+        "torch.fx-traceable model (an error otherwise); auto (default): on when the model has a Conv2d "
+        "and traces, else off with a warning; false: those convolutions stay float.",
     )
     overrides: list[QuantOverrideConfig] = Field(
         default_factory=list,

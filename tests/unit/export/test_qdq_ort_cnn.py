@@ -45,7 +45,7 @@ def _tiny_resnet_qat(x: torch.Tensor, cfg: QuantConfig | None = None) -> torch.n
     with torch.no_grad():  # non-trivial BatchNorm statistics before folding
         for i in range(0, len(x), 32):
             m(x[i : i + 32])
-    prepare_qat(m.eval(), cfg or QuantConfig())
+    prepare_qat(m.eval(), cfg or QuantConfig(quantize_residual_conv_outputs=False))
     calibrate_(m, lambda model: model(x))
     return m.eval()
 
@@ -263,3 +263,29 @@ def test_residual_conv_names_needs_a_traceable_model():
 
     with pytest.raises(ValueError, match="quantize_residual_conv_outputs"):
         prepare_qat(Untraceable(), QuantConfig(quantize_residual_conv_outputs=True))
+
+
+def test_auto_default_quantizes_residual_outputs_of_a_traceable_cnn_only():
+    x = torch.randn(8, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert QuantConfig().quantize_residual_conv_outputs == "auto"
+
+    def outputs(model: torch.nn.Module) -> int:
+        return sum(getattr(m, "output_quantizer", None) is not None for m in model.modules())
+
+    auto = _tiny_resnet_qat(x, QuantConfig())
+    explicit = _tiny_resnet_qat(x, QuantConfig(quantize_residual_conv_outputs=True))
+    off = _tiny_resnet_qat(x, QuantConfig(quantize_residual_conv_outputs=False))
+    assert outputs(auto) == outputs(explicit) == 12  # each block's conv2 (8) and 4 downsample convs
+    assert outputs(off) == 0
+
+    class Untraceable(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) + x if x.sum() > 0 else x  # data-dependent control flow
+
+    with pytest.warns(RuntimeWarning, match="keep float outputs"):
+        m = prepare_qat(Untraceable(), QuantConfig())
+    assert outputs(m) == 0
