@@ -252,17 +252,20 @@ def test_residual_conv_output_quantizers_parity_and_s8s8(cnn):
     assert s8["activations"] == n_inputs + 12  # one more per output quantizer
 
 
+class _Untraceable(torch.nn.Module):
+    """A residual conv behind data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + x if x.sum() > 0 else x
+
+
 def test_residual_conv_names_needs_a_traceable_model():
-    class Untraceable(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = torch.nn.Conv2d(1, 1, 1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.conv(x) + x if x.sum() > 0 else x  # data-dependent control flow
-
     with pytest.raises(ValueError, match="quantize_residual_conv_outputs"):
-        prepare_qat(Untraceable(), QuantConfig(quantize_residual_conv_outputs=True))
+        prepare_qat(_Untraceable(), QuantConfig(quantize_residual_conv_outputs=True))
 
 
 def test_auto_default_quantizes_residual_outputs_of_a_traceable_cnn_only():
@@ -278,14 +281,6 @@ def test_auto_default_quantizes_residual_outputs_of_a_traceable_cnn_only():
     assert outputs(auto) == outputs(explicit) == 12  # each block's conv2 (8) and 4 downsample convs
     assert outputs(off) == 0
 
-    class Untraceable(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = torch.nn.Conv2d(1, 1, 1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.conv(x) + x if x.sum() > 0 else x  # data-dependent control flow
-
     with pytest.warns(RuntimeWarning, match="keep float outputs"):
-        m = prepare_qat(Untraceable(), QuantConfig())
+        m = prepare_qat(_Untraceable(), QuantConfig())
     assert outputs(m) == 0
