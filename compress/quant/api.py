@@ -109,7 +109,7 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
     keys kept) and, with ``quantize_attention_matmuls``, ``MatMul`` by
     ``QuantMatMul`` (a Hugging Face BERT-family model first gets its attention
     exposed as modules: ``compress.models.exposed``). With ``quantize_residual_conv_outputs`` (default
-    ``auto``: every CNN that torch.fx can trace), each quantized convolution in
+    ``auto``: every CNN that torch.fx can trace, two or more convolutions), each quantized convolution in
     ``residual_conv_names(model)`` also gets an output quantizer. Each module
     gets ``cfg.for_module(name)``: the first
     override whose pattern equals its qualified name, else the first whose
@@ -172,7 +172,8 @@ def _residual_convs(model: nn.Module, setting: bool | str) -> list[str]:
     if setting is False:
         return []
     if setting == "auto":
-        if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        # a residual block has at least two convolutions; a ViT's one patch-embedding conv is not one
+        if sum(isinstance(m, nn.Conv2d) for m in model.modules()) < 2:
             return []
         try:
             return residual_conv_names(model)

@@ -43,8 +43,9 @@ and ONNX Runtime cannot run it as an integer ``QLinearConv``.
 quantizer (found from a ``torch.fx`` trace), calibrated by ``calibrate_``
 and trained with the other scales, so the ``onnx-int8-u8`` file quantizes
 exactly where the trained model did (issue 7; ``compress.export.qdq``).
-Its default, ``auto``, turns it on for every CNN that torch.fx can trace (a
-model that cannot be traced keeps float residual outputs, with a warning);
+Its default, ``auto``, turns it on for every CNN (two or more convolutions)
+that torch.fx can trace (a CNN that cannot be traced keeps float residual
+outputs, with a warning; a ViT's single patch-embedding conv is left alone);
 ``false`` keeps the earlier fake-quant model, whose INT8 CNN files ONNX
 Runtime runs mostly in float (slower than FP32 on x86 CPUs: 0.81x on a
 ResNet-18, docs/results/ort-cnn-int8).
@@ -192,8 +193,9 @@ class QuantConfig(CompressConfig):
         "Conv2d whose result goes only into a residual add (a ResNet block's last conv and its downsample "
         "conv), so that ONNX Runtime CPU runs those convolutions as integer QLinearConv in onnx-int8-u8 "
         "files (TensorRT's Q/DQ guidance also quantizes residual-add inputs). true: needs a "
-        "torch.fx-traceable model (an error otherwise); auto (default): on when the model has a Conv2d "
-        "and traces, else off with a warning; false: those convolutions stay float.",
+        "torch.fx-traceable model (an error otherwise); auto (default): on for a model with two or more "
+        "Conv2d that traces, off with a warning for one that does not, off for models with fewer "
+        "convolutions (Transformers, a ViT's patch embedding); false: those convolutions stay float.",
     )
     overrides: list[QuantOverrideConfig] = Field(
         default_factory=list,

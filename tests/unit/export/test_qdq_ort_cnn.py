@@ -9,6 +9,7 @@ Transformer files stay exactly what they were.
 from __future__ import annotations
 
 import collections
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -253,14 +254,15 @@ def test_residual_conv_output_quantizers_parity_and_s8s8(cnn):
 
 
 class _Untraceable(torch.nn.Module):
-    """A residual conv behind data-dependent control flow: torch.fx cannot trace it."""
+    """A residual block behind data-dependent control flow: torch.fx cannot trace it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = torch.nn.Conv2d(1, 1, 1)
+        self.conv1 = torch.nn.Conv2d(1, 1, 1)
+        self.conv2 = torch.nn.Conv2d(1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) + x if x.sum() > 0 else x
+        return self.conv2(self.conv1(x)) + x if x.sum() > 0 else x
 
 
 def test_residual_conv_names_needs_a_traceable_model():
@@ -284,3 +286,15 @@ def test_auto_default_quantizes_residual_outputs_of_a_traceable_cnn_only():
     with pytest.warns(RuntimeWarning, match="keep float outputs"):
         m = prepare_qat(_Untraceable(), QuantConfig())
     assert outputs(m) == 0
+
+
+def test_auto_default_leaves_a_vit_patch_embedding_alone_without_a_warning():
+    vit = build_model(
+        "timm",
+        {"arch": "vit_tiny_patch16_224", "num_classes": 10,
+         "kwargs": {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # timm's ViT does not trace: auto must not try
+        prepare_qat(vit, QuantConfig())
+    assert all(getattr(m, "output_quantizer", None) is None for m in vit.modules())
