@@ -32,7 +32,7 @@ from compress.models import record_transform, register_transform
 from compress.models.exposed import expose
 from compress.models.layers import MatMul
 from compress.quant import _ternary as _ternary  # registers weights.scheme 'twn'
-from compress.quant.bn_fold import fold_batchnorm
+from compress.quant.bn_fold import fold_batchnorm, fx_root
 from compress.quant._fake_quant import FakeQuantizer, QuantConv2d, QuantLinear, QuantMatMul
 from compress.quant.config import QuantConfig
 
@@ -220,8 +220,7 @@ def residual_conv_names(model: nn.Module) -> list[str]:
     """
     import torch.fx
 
-    net = getattr(model, "net", None)
-    root, prefix = (net, "net.") if isinstance(net, nn.Module) else (model, "")
+    root, prefix = fx_root(model)
     try:
         gm = torch.fx.symbolic_trace(root)
     except Exception as e:

@@ -77,10 +77,19 @@ def _structural_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+def fx_root(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module to trace with ``torch.fx`` and the prefix of its names inside ``model``.
+
+    A wrapped outside model (``model.net``: timm, torchvision, transformers) is traced through its
+    network, whose forward is the library's own; anything else is traced whole.
+    """
+    net = getattr(model, "net", None)
+    return (net, "net.") if isinstance(net, nn.Module) else (model, "")
+
+
 def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """``(conv, batchnorm)`` qualified names of the foldable pairs of ``model``, in graph order."""
-    net = getattr(model, "net", None)
-    root, prefix = (net, "net.") if isinstance(net, nn.Module) else (model, "")
+    root, prefix = fx_root(model)
     pairs = _traced_pairs(root, prefix)
     if pairs is None:
         pairs = _structural_pairs(model)
