@@ -99,6 +99,13 @@ DEFAULT_METHODS = ["kd_qat", "ti_o", "ti_m", "ti_g"]
 BASELINE = "kd_qat"
 
 
+def _device_name(device: str) -> str:
+    """The GPU's name on CUDA, else the processor's."""
+    import platform
+
+    return torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or "cpu")
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -117,6 +124,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--summarise-only", action="store_true", help="Only summarise the runs kept in --out/results."
+    )
+    p.add_argument(
+        "--runs-on",
+        default=None,
+        help="With --summarise-only: where the kept runs ran, for the table's header (run files made\n"
+        "before session 9 do not record it; newer ones do).",
     )
     p.add_argument(
         "--work", type=Path, default=None, help="Pipeline run folder of a real teacher (default --out/work)."
@@ -322,7 +335,8 @@ def _markdown(summary: dict[str, Any], args: argparse.Namespace, command: str) -
         "",
         f"N = {args.steps} optimizer steps per method (batch {args.batch_size}, lr {args.lr}, linear decay, "
         f"warm-up 0.1 per step), TI step 1 s = {args.step1}, eval every {args.eval_every} steps on val "
-        f"({args.val_size} examples), seeds {args.seeds}, device {args.device}. 'reach' = first eval step at which the "
+        f"({args.val_size} examples), seeds {args.seeds}"
+        f"{'' if args.summarise_only else f', device {args.device}'}. 'reach' = first eval step at which the "
         "mean-over-seeds val curve reaches the KD-QAT baseline's final mean val accuracy; "
         "speed-up = baseline reach / method reach.",
         "",
@@ -453,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{prec} {method} seed {seed}: no finished run; left out", file=sys.stderr)
                     continue
                 r = _one_run(teacher, data, prec, method, seed, args)
+                r["device"] = _device_name(args.device)
                 atomic_write_json(cached, r)
                 runs.append(r)
                 print(
@@ -465,10 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     md = md.replace("\n\n", f"\n\nFP teacher: val {fp['val']:.4f}, test {fp['test']:.4f}.\n\n", 1)
     png = _plot(summary, args)
     md += "\nPlot: ti_convergence.png\n" if png else "\nPlot: skipped (matplotlib is not installed).\n"
-    import platform
-
-    device = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or "cpu")
-    md = md.replace("\n\n", f"\n\nDevice: {device}, torch {torch.__version__}.\n\n", 1)
+    device = _device_name(args.device)
+    if args.summarise_only:
+        recorded = sorted({r["device"] for r in runs if "device" in r})
+        runs_on = args.runs_on or (", ".join(recorded) if recorded else "not recorded in the run files")
+        header = f"Runs: {runs_on}. This table was summarised on {device} from the kept run files."
+    else:
+        header = f"Device: {device}, torch {torch.__version__}."
+    md = md.replace("\n\n", f"\n\n{header}\n\n", 1)
     report = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "device": device,
