@@ -1,0 +1,227 @@
+"""Where one timed call of compress's ``torch-compile`` session goes on a GPU, layer by layer of the call.
+
+Issue 8 asks the release artifact's p95 on the H100 to be at least 15x below the FP32 teacher's, both on
+the same compiled runtime (batch 32 x 128 tokens). Session 8 measured (docs/results/latency-floor-h100/
+compile-modes-harness.md) that the CUDA graph alone would allow about 14x (3-layer student) and 20x
+(2-layer), but compress's session timed by ``measure_latency`` (what the validate stage gates) gave 8.1x
+and 9.3x: a fixed cost per call of 0.1-0.2 ms on top of the graph, and for the teacher 0.3 ms more than a
+hand-written pinned path.
+
+This script opens one compress ``torch-compile`` session per model and times the same call peeled one
+layer at a time, in interleaved rounds (a drift of the machine shows as round-to-round spread, not as a
+layer's cost):
+
+* ``harness``: ``compress.bench.measure_latency`` (CUDA events around ``run`` + ``synchronize``), as validate;
+* ``run+sync``: ``session.run(feed)`` then ``session.synchronize()``, by the host clock (no events);
+* ``run_impl``: the runtime's own work only (``_run_impl``: no input/output checks; it waits for its copies);
+* ``staged``: pinned copy in, the graphed module's call, pinned copy out (no precision context, no inference
+  mode);
+* ``replay``: the graph's replay and a stream wait, input already on the device (no copies);
+* ``gpu``: replays queued back to back, CUDA events only (the GPU's own time).
+
+Models as in ``gpu_compile_modes.py`` (weights do not change timing): all-MiniLM-L6-v2 as the FP32 teacher
+(TF32 off), 3-layer and 2-layer students with half the MACs pruned, fp16.
+
+  python benchmarks/gpu_call_breakdown.py --out docs/results/latency-floor-h100/call-breakdown
+CPU smoke test (no CUDA: the torch-compile session on CPU, ``staged``/``replay``/``gpu`` left out):
+  python benchmarks/gpu_call_breakdown.py --quick --out /tmp/cb
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
+
+from gpu_latency_floor import minilm_student, minilm_teacher  # noqa: E402
+
+PATHS = ("harness", "run+sync", "run_impl", "staged", "replay", "gpu")
+
+
+def _host_ms(fn: Callable[[], Any], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def _event_ms(fn: Callable[[], Any], n: int) -> list[float]:
+    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+    torch.cuda.synchronize()
+    for s, e in ev:
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in ev]
+
+
+def _p(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms)
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95))}
+
+
+def _time_model(model: torch.nn.Module, precision: str, feed: np.ndarray, args: argparse.Namespace) -> dict:
+    from compress.bench.latency import measure_latency
+    from compress.runtime import open_session
+    from compress.runtime.torch_compile import reset_compiled
+
+    cuda = torch.cuda.is_available() and not args.quick
+    dev = "cuda" if cuda else "cpu"
+    w, n = args.warmup, args.iterations
+    rounds: list[dict[str, dict[str, float]]] = []
+    t0 = time.perf_counter()
+    with open_session("torch-compile", model, device=dev, precision=precision if cuda else "fp32") as sess:
+        name = sess.inputs[0].name
+        feeds = {name: feed}
+        for _ in range(w):
+            sess.run(feeds)
+        sess.synchronize()
+        compile_s = time.perf_counter() - t0
+
+        def run_sync() -> None:
+            sess.run(feeds)
+            sess.synchronize()
+
+        def harness() -> dict[str, float]:
+            st = measure_latency(
+                sess, lambda b: {name: feed[:b]}, batch_sizes=[len(feed)], warmup=w, iterations=n
+            )[len(feed)]
+            return {"p50_ms": st.p50_ms, "p95_ms": st.p95_ms}
+
+        paths: dict[str, Callable[[], dict[str, float]]] = {
+            "harness": harness,
+            "run+sync": lambda: _p(_host_ms(run_sync, n)),
+            "run_impl": lambda: _p(_host_ms(lambda: sess._run_impl(feeds), n)),
+        }
+        if cuda:
+            from compress.runtime.torch_eager import _as_list
+
+            graphed, staging, target = sess._model, sess._staging, sess._target
+            graph, static_in, _ = next(v for k, v in graphed._graphs.items() if k[0] == tuple(feed.shape))
+
+            def staged() -> None:
+                x = staging.to_device(feed, target)
+                staging.to_host(_as_list(graphed(x)), target)
+
+            def replay() -> None:
+                graph.replay()
+                torch.cuda.current_stream().synchronize()
+
+            static_in.copy_(torch.from_numpy(feed))
+            paths["staged"] = lambda: _p(_host_ms(staged, n))
+            paths["replay"] = lambda: _p(_host_ms(replay, n))
+            paths["gpu"] = lambda: _p(_event_ms(graph.replay, n))
+        for _ in range(args.rounds):
+            rnd = {}
+            for p, fn in paths.items():
+                with torch.inference_mode():
+                    for _ in range(w):  # each path's own warm-up, so its first calls are not the last one's
+                        run_sync()
+                    rnd[p] = fn()
+            rounds.append(rnd)
+    reset_compiled()
+    return {"compile_s": compile_s, "rounds": rounds}
+
+
+def _models(quick: bool) -> dict[str, tuple[torch.nn.Module, str]]:
+    teacher = minilm_teacher()
+    return {
+        "teacher L6 fp32": (teacher, "fp32"),
+        "student L3 pruned 50% fp16": (minilm_student(teacher, [1, 3, 5], 0.5), "fp16"),
+        "student L2 pruned 50% fp16": (minilm_student(teacher, [2, 5], 0.5), "fp16"),
+    }
+
+
+def _median_of_rounds(row: dict, path: str, stat: str) -> float | None:
+    vals = [r[path][stat] for r in row["rounds"] if path in r]
+    return float(np.median(vals)) if vals else None
+
+
+def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[dict[str, Any]]) -> str:
+    paths = [p for p in PATHS if any(p in r["rounds"][0] for r in rows)]
+    lines = [
+        "| model | compile + warm-up s | "
+        + " | ".join(f"{p} p50 / p95 ms (min–max p95 over rounds)" for p in paths)
+        + " |",
+        "|" + "---|" * (2 + len(paths)),
+    ]
+    for r in rows:
+        cells = [r["model"], f"{r['compile_s']:.1f}"]
+        for p in paths:
+            p95s = [x[p]["p95_ms"] for x in r["rounds"]]
+            cells.append(
+                f"{_median_of_rounds(r, p, 'p50_ms'):.3f} / {_median_of_rounds(r, p, 'p95_ms'):.3f} "
+                f"({min(p95s):.3f}–{max(p95s):.3f})"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    teach = next((r for r in rows if r["model"].startswith("teacher")), None)
+    ratio = ["| student | " + " | ".join(f"{p}: teacher p95 / student p95" for p in paths) + " |"]
+    ratio.append("|" + "---|" * (1 + len(paths)))
+    for r in rows:
+        if teach is None or r is teach:
+            continue
+        cells = [r["model"]]
+        for p in paths:
+            cells.append(f"{_median_of_rounds(teach, p, 'p95_ms') / _median_of_rounds(r, p, 'p95_ms'):.2f}x")
+        ratio.append("| " + " | ".join(cells) + " |")
+    cmd = "python benchmarks/gpu_call_breakdown.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    note = " (QUICK: CPU smoke test, numbers meaningless)" if args.quick else ""
+    text = (
+        f"# One timed call of the torch-compile session, layer by layer{note}\n\nCommand: `{cmd}`\n\n"
+        f"Device: {dev}, torch {torch.__version__}; batch {args.batch} x {args.seq} tokens, "
+        f"{args.iterations} timed calls after {args.warmup} warm-up per path and round; {args.rounds} "
+        "interleaved rounds, each cell the median over rounds\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + "\n".join(ratio)
+        + "\n"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "call-breakdown.md").write_text(text)
+    (args.out / "call-breakdown.json").write_text(
+        json.dumps({"command": cmd, "device": dev, "torch": torch.__version__, "rows": rows}, indent=1)
+    )
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--iterations", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="CPU smoke test: batch 2 x 16, 5 calls, 2 rounds.")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.batch, args.seq, args.warmup, args.iterations, args.rounds = 2, 16, 1, 5, 2
+    torch.manual_seed(0)
+    feed = torch.randint(1000, 2000, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+    feed = feed.numpy()
+    rows: list[dict[str, Any]] = []
+    for name, (model, precision) in _models(args.quick).items():
+        row = {"model": name, "precision": precision, **_time_model(model, precision, feed, args)}
+        rows.append(row)
+        print(json.dumps({"model": name, "compile_s": row["compile_s"], **row["rounds"][-1]}), flush=True)
+        _write(args, argv, rows)
+    print(_write(args, argv, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
