@@ -120,7 +120,8 @@ def _time_model(model: torch.nn.Module, precision: str, feed: np.ndarray, args: 
                 graph.replay()
                 torch.cuda.current_stream().synchronize()
 
-            static_in.copy_(torch.from_numpy(feed))
+            with torch.inference_mode():  # the graph's static input is an inference tensor
+                static_in.copy_(torch.from_numpy(feed))
             paths["staged"] = lambda: _p(_host_ms(staged, n))
             paths["replay"] = lambda: _p(_host_ms(replay, n))
             paths["gpu"] = lambda: _p(_event_ms(graph.replay, n))
