@@ -43,34 +43,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
 
-from gpu_latency_floor import minilm_student, minilm_teacher  # noqa: E402
+from gpu_latency_floor import cpu_timer, cuda_timer, minilm_student, minilm_teacher, p50_p95  # noqa: E402
 
 PATHS = ("harness", "run+sync", "run_impl", "staged", "replay", "gpu")
-
-
-def _host_ms(fn: Callable[[], Any], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
-def _event_ms(fn: Callable[[], Any], n: int) -> list[float]:
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
-    torch.cuda.synchronize()
-    for s, e in ev:
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    return [s.elapsed_time(e) for s, e in ev]
-
-
-def _p(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms)
-    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95))}
 
 
 def _time_model(model: torch.nn.Module, precision: str, feed: np.ndarray, args: argparse.Namespace) -> dict:
@@ -103,8 +78,8 @@ def _time_model(model: torch.nn.Module, precision: str, feed: np.ndarray, args: 
 
         paths: dict[str, Callable[[], dict[str, float]]] = {
             "harness": harness,
-            "run+sync": lambda: _p(_host_ms(run_sync, n)),
-            "run_impl": lambda: _p(_host_ms(lambda: sess._run_impl(feeds), n)),
+            "run+sync": lambda: p50_p95(cpu_timer(run_sync, 0, n)),
+            "run_impl": lambda: p50_p95(cpu_timer(lambda: sess._run_impl(feeds), 0, n)),
         }
         if cuda:
             from compress.runtime.torch_eager import _as_list
@@ -122,9 +97,9 @@ def _time_model(model: torch.nn.Module, precision: str, feed: np.ndarray, args: 
 
             with torch.inference_mode():  # the graph's static input is an inference tensor
                 static_in.copy_(torch.from_numpy(feed))
-            paths["staged"] = lambda: _p(_host_ms(staged, n))
-            paths["replay"] = lambda: _p(_host_ms(replay, n))
-            paths["gpu"] = lambda: _p(_event_ms(graph.replay, n))
+            paths["staged"] = lambda: p50_p95(cpu_timer(staged, 0, n))
+            paths["replay"] = lambda: p50_p95(cpu_timer(replay, 0, n))
+            paths["gpu"] = lambda: p50_p95(cuda_timer(graph.replay, 0, n))
         for _ in range(args.rounds):
             rnd = {}
             for p, fn in paths.items():

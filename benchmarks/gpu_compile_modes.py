@@ -35,7 +35,6 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
 
-from gpu_latency_floor import minilm_student, minilm_teacher  # noqa: E402
+from gpu_latency_floor import cpu_timer, cuda_timer, minilm_student, minilm_teacher, p50_p95  # noqa: E402
 
 MODES = ("default", "max-autotune-no-cudagraphs")
 
@@ -69,38 +68,6 @@ class _Logits(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.inner(x)
         return (out[0] if isinstance(out, (tuple, list)) else out).float()
-
-
-def _stats(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms)
-    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95))}
-
-
-def _host_timer(fn: Callable[[], Any], sync: Callable[[], None], warmup: int, n: int) -> list[float]:
-    """Milliseconds of ``fn`` + ``sync`` by the host clock, one call at a time."""
-    for _ in range(warmup):
-        fn()
-        sync()
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
-def _event_timer(fn: Callable[[], Any], warmup: int, n: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
-    for s, e in ev:
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    return [s.elapsed_time(e) for s, e in ev]
 
 
 def _time_one(
@@ -131,7 +98,7 @@ def _time_one(
             x = torch.from_numpy(np.ascontiguousarray(feed)).to(dev)
             return g(x).detach().float().cpu().numpy()
 
-        row["session"] = _stats(_host_timer(session, sync, w, n))
+        row["session"] = p50_p95(cpu_timer(lambda: (session(), sync()), w, n))
         if cuda:
             pin_in = torch.empty(feed.shape, dtype=torch.int64, pin_memory=True)
             ref = g(xd)
@@ -147,9 +114,9 @@ def _time_one(
                 torch.cuda.current_stream().synchronize()
                 return pin_out.numpy()
 
-            row["pinned"] = _stats(_host_timer(pinned, sync, w, n))
+            row["pinned"] = p50_p95(cpu_timer(lambda: (pinned(), sync()), w, n))
             np.testing.assert_allclose(pinned(), session(), rtol=0, atol=0)  # same graph, same numbers
-            row["gpu"] = _stats(_event_timer(lambda: g(xd), w, n))
+            row["gpu"] = p50_p95(cuda_timer(lambda: g(xd), w, n))
     torch._dynamo.reset()
     if cuda and mode == "default":
         row["harness"] = _harness(model, dtype, feed, w, n)

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 
-def _cuda_timer(fn: Callable[[], Any], warmup: int, iterations: int) -> list[float]:
+def cuda_timer(fn: Callable[[], Any], warmup: int, iterations: int) -> list[float]:
     """Milliseconds per call of ``fn`` by CUDA events (one pair per call, read after the loop)."""
     for _ in range(warmup):
         fn()
@@ -63,7 +63,8 @@ def _cuda_timer(fn: Callable[[], Any], warmup: int, iterations: int) -> list[flo
     return [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
 
 
-def _cpu_timer(fn: Callable[[], Any], warmup: int, iterations: int) -> list[float]:
+def cpu_timer(fn: Callable[[], Any], warmup: int, iterations: int) -> list[float]:
+    """Milliseconds per call of ``fn`` by the host clock (``fn`` must wait for its own work)."""
     for _ in range(warmup):
         fn()
     out = []
@@ -74,7 +75,8 @@ def _cpu_timer(fn: Callable[[], Any], warmup: int, iterations: int) -> list[floa
     return out
 
 
-def _stats(ms: list[float]) -> dict[str, float]:
+def p50_p95(ms: list[float]) -> dict[str, float]:
+    """The median and 95th percentile of ``ms``."""
     a = np.asarray(ms)
     return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95))}
 
@@ -131,7 +133,7 @@ def _graph_replay(
     torch.cuda.current_stream().wait_stream(s)
     with torch.inference_mode(), torch.cuda.graph(g):
         _ = m(static_x)
-    return _stats(timer(lambda: (static_x.copy_(xd), g.replay()), w, n))
+    return p50_p95(timer(lambda: (static_x.copy_(xd), g.replay()), w, n))
 
 
 def _time_model(
@@ -144,13 +146,13 @@ def _time_model(
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
     if not cuda:
         dtype = torch.float32
-    timer = _cuda_timer if cuda else _cpu_timer
+    timer = cuda_timer if cuda else cpu_timer
     w, n = args.warmup, args.iterations
     row: dict[str, Any] = {}
     m = copy.deepcopy(model).to(dev, dtype=dtype).eval()
     xd = x.to(dev)
     with torch.inference_mode():
-        row["eager"] = _stats(timer(lambda: m(xd), w, n))
+        row["eager"] = p50_p95(timer(lambda: m(xd), w, n))
     if cuda:
         row["graph"] = _guarded(lambda: _graph_replay(m, xd, timer, w, n))
     feed = x.numpy()
@@ -159,7 +161,7 @@ def _time_model(
         if cuda and not args.no_compile:
             inner = sess._model  # the compiled module, called on device-resident inputs
             with torch.inference_mode():
-                row["compiled"] = _guarded(lambda: _stats(timer(lambda: inner(xd), w, n)))
+                row["compiled"] = _guarded(lambda: p50_p95(timer(lambda: inner(xd), w, n)))
         row["session"] = _session_stats(sess, feed, w, n)
     if cuda and precision == "fp16" and RUNTIMES.get("torchao-int8").can_run_here("cuda")[0]:
         row["torchao-int8"] = _guarded(lambda: _harness("torchao-int8", model, "cuda", "int8", feed, w, n))
