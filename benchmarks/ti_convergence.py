@@ -129,8 +129,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--runs-on",
         default=None,
-        help="With --summarise-only: where the kept runs ran, for the table's header (run files made\n"
-        "before session 9 do not record it; newer ones do).",
+        help="With --summarise-only: where the kept runs ran, for the table's header (older run files\n"
+        "do not record their device; newer ones do).",
     )
     p.add_argument(
         "--work", type=Path, default=None, help="Pipeline run folder of a real teacher (default --out/work)."
@@ -333,9 +333,8 @@ def _summarise(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
                 row["near_step"] = next((s for s, a in pairs if a >= target - NEAR), None)
             base_reach, base_near = rows[BASELINE]["reach_step"], rows[BASELINE]["near_step"]
             for row in rows.values():
-                r, near = row["reach_step"], row["near_step"]
-                row["speedup"] = _speedup(base_reach, r)
-                row["near_speedup"] = _speedup(base_near, near)
+                row["speedup"] = _speedup(base_reach, row["reach_step"])
+                row["near_speedup"] = _speedup(base_near, row["near_step"])
             out[prec] = {"baseline_final_val": target, "methods": rows}
         else:
             out[prec] = {"baseline_final_val": None, "methods": rows}
@@ -366,8 +365,9 @@ def _markdown(summary: dict[str, Any], args: argparse.Namespace, command: str) -
             reach = row.get("reach_step")
             sp = row.get("speedup")
             near, nsp = row.get("near_step"), row.get("near_speedup")
+            seeds = " ".join(map(str, row["seeds"]))
             lines.append(
-                f"| {prec} | {method} | {' '.join(map(str, row['seeds']))} | {fv[0]:.4f} ± {fv[1]:.4f} | {ft[0]:.4f} ± {ft[1]:.4f} | "
+                f"| {prec} | {method} | {seeds} | {fv[0]:.4f} ± {fv[1]:.4f} | {ft[0]:.4f} ± {ft[1]:.4f} | "
                 f"{reach if reach is not None else 'not reached'} | {f'{sp:.2f}x' if sp else '-'} | "
                 f"{near if near is not None else 'not reached'} | {f'{nsp:.2f}x' if nsp else '-'} | "
                 f"{row['seconds']:.1f} |"
