@@ -14,8 +14,10 @@ layer's cost):
 * ``harness``: ``compress.bench.measure_latency`` (CUDA events around ``run`` + ``synchronize``), as validate;
 * ``run+sync``: ``session.run(feed)`` then ``session.synchronize()``, by the host clock (no events);
 * ``run_impl``: the runtime's own work only (``_run_impl``: no input/output checks; it waits for its copies);
-* ``staged``: pinned copy in, the graphed module's call, pinned copy out (no precision context, no inference
-  mode);
+* ``staged``: pinned copy in, the graphed module's call, pinned copy out (no checks, no precision context);
+* ``direct``: what a leaner call path could reach: the input written into a pinned buffer and copied
+  straight into the graph's static input, replay, the outputs copied in their own dtype into pinned buffers
+  (no intermediate device tensor, no cast outside the graph, no Python layers);
 * ``replay``: the graph's replay and a stream wait, input already on the device (no copies);
 * ``gpu``: replays queued back to back, CUDA events only (the GPU's own time).
 
@@ -23,7 +25,7 @@ Models as in ``gpu_compile_modes.py`` (weights do not change timing): all-MiniLM
 (TF32 off), 3-layer and 2-layer students with half the MACs pruned, fp16.
 
   python benchmarks/gpu_call_breakdown.py --out docs/results/latency-floor-h100/call-breakdown
-CPU smoke test (no CUDA: the torch-compile session on CPU, ``staged``/``replay``/``gpu`` left out):
+CPU smoke test (no CUDA: the torch-compile session on CPU, ``staged``/``direct``/``replay``/``gpu`` left out):
   python benchmarks/gpu_call_breakdown.py --quick --out /tmp/cb
 """
 
@@ -45,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a fol
 
 from gpu_latency_floor import cpu_timer, cuda_timer, minilm_student, minilm_teacher, p50_p95  # noqa: E402
 
-PATHS = ("harness", "run+sync", "run_impl", "staged", "replay", "gpu")
+PATHS = ("harness", "run+sync", "run_impl", "staged", "direct", "replay", "gpu")
 
 
 def _time_model(model: torch.nn.Module, precision: str, feed: np.ndarray, args: argparse.Namespace) -> dict:
@@ -85,11 +87,24 @@ def _time_model(model: torch.nn.Module, precision: str, feed: np.ndarray, args: 
             from compress.runtime.torch_eager import _as_list
 
             graphed, staging, target = sess._model, sess._staging, sess._target
-            graph, static_in, _ = next(v for k, v in graphed._graphs.items() if k[0] == tuple(feed.shape))
+            graph, static_in, static_out = next(
+                v for k, v in graphed._graphs.items() if k[0] == tuple(feed.shape)
+            )
+            outs = _as_list(static_out)
+            pin_in = staging.buffer(tuple(feed.shape), torch.int64)
+            pin_outs = [staging.buffer(tuple(o.shape), o.dtype) for o in outs]  # same dtype: one DMA copy
 
             def staged() -> None:
                 x = staging.to_device(feed, target)
                 staging.to_host(_as_list(graphed(x)), target)
+
+            def direct() -> None:
+                pin_in.numpy()[...] = feed
+                static_in.copy_(pin_in, non_blocking=True)
+                graph.replay()
+                for o, host in zip(outs, pin_outs, strict=True):
+                    host.copy_(o, non_blocking=True)
+                torch.cuda.current_stream().synchronize()
 
             def replay() -> None:
                 graph.replay()
@@ -98,6 +113,7 @@ def _time_model(model: torch.nn.Module, precision: str, feed: np.ndarray, args: 
             with torch.inference_mode():  # the graph's static input is an inference tensor
                 static_in.copy_(torch.from_numpy(feed))
             paths["staged"] = lambda: p50_p95(cpu_timer(staged, 0, n))
+            paths["direct"] = lambda: p50_p95(cpu_timer(direct, 0, n))
             paths["replay"] = lambda: p50_p95(cpu_timer(replay, 0, n))
             paths["gpu"] = lambda: p50_p95(cuda_timer(graph.replay, 0, n))
         for _ in range(args.rounds):
