@@ -39,6 +39,7 @@ import copy
 import io
 import json
 import math
+import shlex
 import statistics
 import sys
 import time
@@ -437,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/ti_convergence.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "benchmarks/ti_convergence.py", *(sys.argv[1:] if argv is None else argv)])
     t0 = time.perf_counter()
     if args.summarise_only:
         data, teacher, fp = None, None, json.loads((args.out / "fp.json").read_text())
