@@ -14,6 +14,9 @@ layer's cost):
 * ``harness``: ``compress.bench.measure_latency`` (CUDA events around ``run`` + ``synchronize``), as validate;
 * ``run+sync``: ``session.run(feed)`` then ``session.synchronize()``, by the host clock (no events);
 * ``run_impl``: the runtime's own work only (``_run_impl``: no input/output checks; it waits for its copies);
+  since session 10 this is the lean replay path of a captured shape;
+* ``module``: what ``_run_impl`` did before (``TorchSession._run_impl``: pinned copy to a device tensor, the
+  cast, the graphed module's call under the precision context, a float32 copy out), the same run's "before";
 * ``staged``: pinned copy in, the graphed module's call, pinned copy out (no checks, no precision context);
 * ``direct``: what a leaner call path could reach: the input written into a pinned buffer and copied
   straight into the graph's static input, replay, the outputs copied in their own dtype into pinned buffers
@@ -48,13 +51,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a fol
 from gpu_compile_modes import minilm_models  # noqa: E402
 from gpu_latency_floor import cpu_timer, cuda_timer, p50_p95  # noqa: E402
 
-PATHS = ("harness", "run+sync", "run_impl", "staged", "direct", "replay", "gpu")
+PATHS = ("harness", "run+sync", "run_impl", "module", "staged", "direct", "replay", "gpu")
 
 
 def _time_model(model: torch.nn.Module, precision: str, feed: np.ndarray, args: argparse.Namespace) -> dict:
     from compress.bench.latency import measure_latency
     from compress.runtime import open_session
     from compress.runtime.torch_compile import reset_compiled
+    from compress.runtime.torch_eager import TorchSession
 
     cuda = torch.cuda.is_available() and not args.quick
     dev = "cuda" if cuda else "cpu"
@@ -83,14 +87,13 @@ def _time_model(model: torch.nn.Module, precision: str, feed: np.ndarray, args: 
             "harness": harness,
             "run+sync": lambda: p50_p95(cpu_timer(run_sync, 0, n)),
             "run_impl": lambda: p50_p95(cpu_timer(lambda: sess._run_impl(feeds), 0, n)),
+            "module": lambda: p50_p95(cpu_timer(lambda: TorchSession._run_impl(sess, feeds), 0, n)),
         }
         if cuda:
             from compress.runtime.torch_eager import _as_list
 
             graphed, staging, target = sess._model, sess._staging, sess._target
-            graph, static_in, static_out = next(
-                v for k, v in graphed._graphs.items() if k[0] == tuple(feed.shape)
-            )
+            graph, static_in, static_out = graphed.captured(tuple(feed.shape), torch.int64)
             outs = _as_list(static_out)
             pin_in = staging.buffer(tuple(feed.shape), torch.int64)
             pin_outs = [staging.buffer(tuple(o.shape), o.dtype) for o in outs]  # same dtype: one DMA copy

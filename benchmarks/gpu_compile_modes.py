@@ -104,8 +104,7 @@ def _time_one(
             pin_in = torch.empty(feed.shape, dtype=torch.int64, pin_memory=True)
             ref = g(xd)
             pin_out = torch.empty(ref.shape, dtype=torch.float32, pin_memory=True)
-            static_in = g._graphs[(tuple(xd.shape), xd.dtype, xd.device)][1]
-            graph = g._graphs[(tuple(xd.shape), xd.dtype, xd.device)][0]
+            graph, static_in, _ = g.captured(tuple(xd.shape), xd.dtype)
 
             def pinned() -> np.ndarray:
                 pin_in.numpy()[...] = feed

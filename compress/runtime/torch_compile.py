@@ -9,7 +9,13 @@ replays the graph and hands back the static output. That keeps the host's work p
 copy and one replay: measured on an H100 (docs/results/latency-floor-h100), the previous
 ``mode="reduce-overhead"`` (CUDA graph trees behind dynamo's guards) added about 0.3 ms per call
 on top of the graph's own time, which for a pruned 3-layer MiniLM (0.26 ms on the GPU) more
-than doubled its latency and flattened every ratio. A model whose forward cannot be captured
+than doubled its latency and flattened every ratio. Once a shape is captured, ``run`` takes a lean
+path: the NumPy input goes through a pinned buffer straight into the graph's static input (cast there
+in the same copy when the session's precision differs), the graph replays, and the outputs come back
+in their own dtype through pinned buffers, converted to float32 on the host; no precision context,
+no intermediate device tensors, no module call. Measured on an H100
+(docs/results/latency-floor-h100/call-breakdown.md), the unlean call spent 0.03-0.06 ms per call
+above that path. A model whose forward cannot be captured
 (it synchronises with the host, say) runs compiled without graphs; the reason is kept in
 ``GraphedModule.fallback_reason`` and warned about. On CPU inductor's default mode is used.
 Precision from the target (fp32, tf32, fp16, bf16).
@@ -18,14 +24,15 @@ Precision from the target (fp32, tf32, fp16, bf16).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from compress.runtime.base import register_runtime
-from compress.runtime.torch_eager import TorchSession
+from compress.runtime.torch_eager import _INPUT_NAME, TorchSession, _as_list
 
 _WARMUP_CALLS = 3  # before capture, on a side stream: lazy init, autotuning, cuBLAS workspaces
 
@@ -37,9 +44,51 @@ class TorchCompileSession(TorchSession):
     def _prepare(self, model: nn.Module) -> nn.Module:
         return compile_for(model, self.device)
 
+    def _run_impl(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        if isinstance(self._model, GraphedModule):
+            out = self._replay(np.ascontiguousarray(inputs[_INPUT_NAME]), self._model)
+            if out is not None:
+                return out
+        # first call of a shape (compile + capture), CPU, or a model that could not be captured
+        return super()._run_impl(inputs)
+
+    def _replay(self, arr: np.ndarray, graphed: GraphedModule) -> list[np.ndarray] | None:
+        """One call through an already captured graph, or ``None`` when ``arr``'s shape has none yet."""
+        src = torch.from_numpy(arr)
+        # the graph was captured on the input as ``TorchSession._run_impl`` hands it to the model:
+        # floats in the session's dtype, token ids as they are
+        entry = graphed.captured(tuple(src.shape), self._dtype if src.is_floating_point() else src.dtype)
+        if entry is None:
+            return None
+        graph, static_in, static_out = entry
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        host = self._staging.buffer(tuple(src.shape), src.dtype)
+        host.copy_(src)
+        outs = _as_list(static_out)
+        # numpy has no bfloat16: those outputs are cast to float32 on the device, the rest on the host
+        bufs = [
+            self._staging.buffer(tuple(o.shape), o.dtype if o.dtype in _HOST_DTYPES else torch.float32)
+            for o in outs
+        ]
+        with torch.inference_mode():  # the static buffers were made in inference mode
+            static_in.copy_(host, non_blocking=True)  # one DMA, or DMA + cast for fp16/bf16 sessions
+            graph.replay()
+            for o, buf in zip(outs, bufs, strict=True):
+                buf.copy_(o, non_blocking=True)
+        torch.cuda.current_stream(static_in.device).synchronize()
+        # always fresh arrays: the buffers are rewritten by the next call
+        return [b.numpy().astype(np.float32, copy=True) for b in bufs]
+
     def _close_impl(self) -> None:
         super()._close_impl()
         reset_compiled()
+
+
+_Captured = tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]
+"""A captured graph with its static input and static output (a tensor or a tuple of tensors)."""
+
+_HOST_DTYPES = frozenset({torch.float16, torch.float32, torch.float64})
 
 
 class GraphedModule(nn.Module):
@@ -60,7 +109,8 @@ class GraphedModule(nn.Module):
         self.inner = inner
         self._recompile = recompile
         self.fallback_reason: str | None = None
-        self._graphs: dict[tuple[Any, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = {}
+        self._graphs: dict[tuple[tuple[int, ...], torch.dtype], _Captured] = {}
+        self._device: torch.device | None = None  # of the first capture; one module runs on one device
         self._pool: Any = None
 
     @property
@@ -68,10 +118,21 @@ class GraphedModule(nn.Module):
         """The model behind the compiled wrapper (as ``torch.compile``'s own ``_orig_mod``)."""
         return getattr(self.inner, "_orig_mod", self.inner)
 
+    def captured(self, shape: tuple[int, ...], dtype: torch.dtype) -> _Captured | None:
+        """The graph, static input and static output captured for ``shape`` and ``dtype``, if any.
+
+        Writing into the static input and replaying the graph is what ``forward`` does for a captured
+        shape; a caller that does it itself (the session's lean path) must copy the static output out
+        before the next replay.
+        """
+        if self.fallback_reason is not None:
+            return None
+        return self._graphs.get((shape, dtype))
+
     def forward(self, x: torch.Tensor) -> Any:
-        if self.fallback_reason is not None or not x.is_cuda:
+        if self.fallback_reason is not None or not x.is_cuda or (self._device not in (None, x.device)):
             return self.inner(x)
-        key = (tuple(x.shape), x.dtype, x.device)
+        key = (tuple(x.shape), x.dtype)
         entry = self._graphs.get(key)
         if entry is None:
             try:
@@ -93,12 +154,13 @@ class GraphedModule(nn.Module):
                     self.inner = self._recompile()
                 return self.inner(x)
             self._graphs[key] = entry
+            self._device = x.device
         graph, static_in, static_out = entry
         static_in.copy_(x)
         graph.replay()
         return static_out
 
-    def _capture(self, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]:
+    def _capture(self, x: torch.Tensor) -> _Captured:
         static_in = x.clone()
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))

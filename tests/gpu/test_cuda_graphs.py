@@ -97,3 +97,43 @@ def test_image_model_matches_eager():
         out = sess.run({"input": x.numpy()})[0]
         assert sess._model.fallback_reason is None
     assert np.abs(out - model(x).detach().numpy()).max() < 1e-3
+
+
+@pytest.mark.parametrize(("precision", "atol"), [("fp32", 1e-4), ("fp16", 5e-2), ("bf16", 2e-1)])
+def test_captured_shapes_replay_without_calling_the_module(monkeypatch, precision, atol):
+    """After a shape's first call, ``run`` copies into the graph and replays it (the lean path): the
+    module is not called again for that shape, each call sees its own input (float inputs cast to the
+    session's precision in the copy), and results are fresh float32 arrays."""
+    model = tiny_vit(depth=2, dim=64).eval()
+    xs = [torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    with open_session("torch-compile", model, device="cuda", precision=precision) as sess:
+        first = sess.run({"input": xs[0].numpy()})[0]  # compile + capture through the module
+        graphed = sess._model
+        assert graphed.captured((8, 1, 8, 8), sess._dtype) is not None
+
+        def no_module_call(*a, **k):
+            raise AssertionError("the module was called for a captured shape")
+
+        monkeypatch.setattr(graphed, "forward", no_module_call)
+        outs = [sess.run({"input": x.numpy()})[0] for x in xs]
+        with pytest.raises(Exception, match="module was called"):  # a new shape still goes through it
+            sess.run({"input": torch.randn(2, 1, 8, 8).numpy()})
+    for x, out in zip(xs, outs, strict=True):
+        ref = model(x).detach().numpy()
+        assert out.dtype == np.float32
+        assert out.shape == ref.shape
+        assert np.abs(out - ref).max() < atol
+    assert np.array_equal(outs[0], first)
+    assert not np.shares_memory(outs[0], first)
+    assert not np.array_equal(outs[0], outs[1])
+
+
+def test_token_ids_replay_through_the_lean_path_in_fp16():
+    model = _tiny_bert()
+    xs = [torch.randint(1, 100, (4, 12), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    with open_session("torch-compile", model, device="cuda", precision="fp16") as sess:
+        outs = [sess.run({"input": x.numpy()})[0] for x in xs]
+        assert sess._model.captured((4, 12), torch.int64) is not None
+    for x, out in zip(xs, outs, strict=True):
+        assert out.dtype == np.float32
+        assert np.abs(out - model(x).detach().numpy()).max() < 5e-2
