@@ -12,6 +12,8 @@ layer at a time, in interleaved rounds (a drift of the machine shows as round-to
 layer's cost):
 
 * ``harness``: ``compress.bench.measure_latency`` (CUDA events around ``run`` + ``synchronize``), as validate;
+* ``harness-perf``: the same ``measure_latency`` call with ``clock="perf_counter"`` (host clock): the
+  cost of the CUDA-event clock itself is harness - harness-perf;
 * ``run+sync``: ``session.run(feed)`` then ``session.synchronize()``, by the host clock (no events);
 * ``run_impl``: the runtime's own work only (``_run_impl``: no input/output checks; it waits for its copies);
   since session 10 this is the lean replay path of a captured shape;
@@ -51,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a fol
 from gpu_compile_modes import minilm_models  # noqa: E402
 from gpu_latency_floor import cpu_timer, cuda_timer, p50_p95  # noqa: E402
 
-PATHS = ("harness", "run+sync", "run_impl", "module", "staged", "direct", "replay", "gpu")
+PATHS = ("harness", "harness-perf", "run+sync", "run_impl", "module", "staged", "direct", "replay", "gpu")
 
 
 def _time_model(model: torch.nn.Module, precision: str, feed: np.ndarray, args: argparse.Namespace) -> dict:
@@ -77,14 +79,15 @@ def _time_model(model: torch.nn.Module, precision: str, feed: np.ndarray, args: 
             sess.run(feeds)
             sess.synchronize()
 
-        def harness() -> dict[str, float]:
+        def harness(clock: str = "auto") -> dict[str, float]:
             st = measure_latency(
-                sess, lambda b: {name: feed[:b]}, batch_sizes=[len(feed)], warmup=w, iterations=n
+                sess, lambda b: {name: feed[:b]}, batch_sizes=[len(feed)], warmup=w, iterations=n, clock=clock
             )[len(feed)]
             return {"p50_ms": st.p50_ms, "p95_ms": st.p95_ms}
 
         paths: dict[str, Callable[[], dict[str, float]]] = {
             "harness": harness,
+            "harness-perf": lambda: harness("perf_counter"),
             "run+sync": lambda: p50_p95(cpu_timer(run_sync, 0, n)),
             "run_impl": lambda: p50_p95(cpu_timer(lambda: sess._run_impl(feeds), 0, n)),
             "module": lambda: p50_p95(cpu_timer(lambda: TorchSession._run_impl(sess, feeds), 0, n)),
