@@ -15,6 +15,8 @@ layer's cost):
 * ``harness-perf``: the same ``measure_latency`` call with ``clock="perf_counter"`` (host clock): the
   cost of the CUDA-event clock itself is harness - harness-perf;
 * ``run+sync``: ``session.run(feed)`` then ``session.synchronize()``, by the host clock (no events);
+* ``run``: ``session.run(feed)`` alone (run+sync - run: the session's ``synchronize``; run - run_impl: the
+  base class's checks and wrapper);
 * ``run_impl``: the runtime's own work only (``_run_impl``: no input/output checks; it waits for its copies);
   since session 10 this is the lean replay path of a captured shape;
 * ``module``: what ``_run_impl`` did before (``TorchSession._run_impl``: pinned copy to a device tensor, the
@@ -53,7 +55,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a fol
 from gpu_compile_modes import minilm_models  # noqa: E402
 from gpu_latency_floor import cpu_timer, cuda_timer, p50_p95  # noqa: E402
 
-PATHS = ("harness", "harness-perf", "run+sync", "run_impl", "module", "staged", "direct", "replay", "gpu")
+PATHS = (
+    "harness",
+    "harness-perf",
+    "run+sync",
+    "run",
+    "run_impl",
+    "module",
+    "staged",
+    "direct",
+    "replay",
+    "gpu",
+)
 
 
 def _time_model(model: torch.nn.Module, precision: str, feed: np.ndarray, args: argparse.Namespace) -> dict:
@@ -89,6 +102,7 @@ def _time_model(model: torch.nn.Module, precision: str, feed: np.ndarray, args: 
             "harness": harness,
             "harness-perf": lambda: harness("perf_counter"),
             "run+sync": lambda: p50_p95(cpu_timer(run_sync, 0, n)),
+            "run": lambda: p50_p95(cpu_timer(lambda: sess.run(feeds), 0, n)),
             "run_impl": lambda: p50_p95(cpu_timer(lambda: sess._run_impl(feeds), 0, n)),
             "module": lambda: p50_p95(cpu_timer(lambda: TorchSession._run_impl(sess, feeds), 0, n)),
         }
