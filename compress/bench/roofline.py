@@ -294,7 +294,10 @@ def _ort_gemm_rate(n: int, precision: str, threads: int | None) -> float:
         [helper.make_tensor_value_info("y", out_type, [n, n])],
         [numpy_helper.from_array(w, "w")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    opsets = [helper.make_opsetid("", 13)]
+    # the IR version opset 13 needs, not the installed onnx's newest: an onnx newer than onnxruntime
+    # writes an IR version the runtime refuses (measured on the H100 machine: onnx IR 14, ORT 1.30 max 13)
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or 0
     opts.inter_op_num_threads = 1

@@ -98,3 +98,22 @@ def test_real_onnxruntime_gemm_rates_are_plausible():
     for precision in ("fp32", "int8"):
         rate = roofline._ort_gemm_rate(128, precision, 1)
         assert 1e8 < rate < 5e12, (precision, rate)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_onnxruntime_gemm_model_uses_the_ir_version_of_its_opset(monkeypatch, precision):
+    """An onnx newer than onnxruntime writes an IR version the runtime refuses (onnx IR 14 against ORT
+    1.30's 13 on the H100 machine); the probe model asks only for what opset 13 needs."""
+    import onnx
+    import onnxruntime as ort
+
+    seen = []
+    real = ort.InferenceSession
+
+    def spy(model_bytes, *a, **k):
+        seen.append(onnx.load_from_string(model_bytes).ir_version)
+        return real(model_bytes, *a, **k)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    assert roofline._ort_gemm_rate(64, precision, threads=1) > 0
+    assert seen == [7]  # opset 13 came with IR 7 (onnx 1.8)
