@@ -13,7 +13,6 @@ on a GPU:
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,20 +20,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests._helpers: the tiny test models
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
+
+from gpu_latency_floor import cpu_timer  # noqa: E402
 
 from compress.runtime import open_session  # noqa: E402
 from tests._helpers.models import tiny_vit  # noqa: E402
 
 
 def _time(f: Callable[[], object], n: int = 3000) -> str:
-    for _ in range(300):
-        f()
-    ts = []
-    for _ in range(n):
-        a = time.perf_counter()
-        f()
-        ts.append((time.perf_counter() - a) * 1e6)
-    return f"p50 {np.percentile(ts, 50):7.1f} us  p95 {np.percentile(ts, 95):7.1f} us"
+    us = np.asarray(cpu_timer(f, 300, n)) * 1e3
+    return f"p50 {np.percentile(us, 50):7.1f} us  p95 {np.percentile(us, 95):7.1f} us"
 
 
 def main() -> None:
