@@ -13,9 +13,9 @@ than doubled its latency and flattened every ratio. Once a shape is captured, ``
 path: the NumPy input goes through a pinned buffer straight into the graph's static input (cast there
 in the same copy when the session's precision differs), the graph replays, and the outputs come back
 in their own dtype through pinned buffers, converted to float32 on the host; no precision context,
-no intermediate device tensors, no module call. Measured on an H100
-(docs/results/latency-floor-h100/call-breakdown.md), the unlean call spent 0.03-0.06 ms per call
-above that path. A model whose forward cannot be captured
+no intermediate device tensors, no module call. Measured on an H100 (docs/results/latency-floor-h100/
+README.md, session 10), the call through the module took 0.03-0.06 ms longer per call than this path for
+pruned 2- and 3-layer MiniLMs (0.2-0.3 ms calls). A model whose forward cannot be captured
 (it synchronises with the host, say) runs compiled without graphs; the reason is kept in
 ``GraphedModule.fallback_reason`` and warned about. On CPU inductor's default mode is used.
 Precision from the target (fp32, tf32, fp16, bf16).
@@ -61,8 +61,7 @@ class TorchCompileSession(TorchSession):
         if entry is None:
             return None
         graph, static_in, static_out = entry
-        if self.threads is not None and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
+        self._keep_threads()
         host = self._staging.buffer(tuple(src.shape), src.dtype)
         host.copy_(src)
         outs = _as_list(static_out)

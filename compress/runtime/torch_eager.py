@@ -127,8 +127,7 @@ class TorchSession(Session):
         return [TensorSpec(_INPUT_NAME, in_shape, in_dtype)], out_specs
 
     def _run_impl(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        if self.threads is not None and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
+        self._keep_threads()
         arr = np.ascontiguousarray(inputs[_INPUT_NAME])
         cuda = self._target.type == "cuda"
         x = self._staging.to_device(arr, self._target) if cuda else torch.from_numpy(arr)
@@ -140,6 +139,11 @@ class TorchSession(Session):
         if cuda:
             return self._staging.to_host(_as_list(out), self._target)
         return [o.detach().float().cpu().numpy() for o in _as_list(out)]
+
+    def _keep_threads(self) -> None:
+        """Re-apply the session's thread count if something else in the process changed it."""
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
     def _resolve_dtype(self) -> torch.dtype | None:
         """The torch dtype for the requested precision (``None``: unsupported)."""
