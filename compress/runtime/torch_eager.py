@@ -198,20 +198,12 @@ class PinnedStaging:
             buf = self._buffers[key] = torch.empty(shape, dtype=dtype, pin_memory=True)
         return buf
 
-    def to_device(
-        self, arr: np.ndarray, device: torch.device, into: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``arr`` on ``device``, copied through a pinned buffer (queued, not waited for).
-
-        With ``into`` (a tensor on ``device``, e.g. a CUDA graph's static input) the copy lands there,
-        cast to its dtype in the same copy, and ``into`` is returned.
-        """
+    def to_device(self, arr: np.ndarray, device: torch.device) -> torch.Tensor:
+        """``arr`` on ``device``, copied through a pinned buffer (queued, not waited for)."""
         src = torch.from_numpy(arr)
         host = self.buffer(tuple(src.shape), src.dtype)
         host.copy_(src)
-        if into is None:
-            return host.to(device, non_blocking=True)
-        return into.copy_(host, non_blocking=True)
+        return host.to(device, non_blocking=True)
 
     def to_host(self, outs: list[torch.Tensor], device: torch.device) -> list[np.ndarray]:
         """Each CUDA tensor of ``outs`` as a float32 NumPy array (one wait for the stream)."""
