@@ -18,8 +18,8 @@ layer's cost):
 * ``run``: ``session.run(feed)`` alone (run+sync - run: the session's ``synchronize``; run - run_impl: the
   base class's checks and wrapper);
 * ``run_impl``: the runtime's own work only (``_run_impl``: no input/output checks; it waits for its copies);
-  in session 10 the lean replay path of a captured shape (copies launched around the replay), since session
-  11 the shape's host graph (the copies captured inside the graph: one replay per call);
+  in session 10 the lean replay path of a captured shape, in session 11 first a host graph (the copies
+  captured inside the graph), then the shape's ``CapturedCall`` (kept buffers, copies queued around replay);
 * ``module``: what ``_run_impl`` did before (``TorchSession._run_impl``: pinned copy to a device tensor, the
   cast, the graphed module's call under the precision context, a float32 copy out), the same run's "before";
 * ``staged``: pinned copy in, the graphed module's call, pinned copy out (no checks, no precision context);

@@ -1,4 +1,4 @@
-"""What fewer kernels and fewer copies would buy on a GPU: inductor freezing, CLS-only last layer, in-graph I/O.
+"""What fewer kernels and copies buy on a GPU: inductor freezing, a CLS-only last layer, in-graph copies.
 
 Session 10 (docs/results/latency-floor-h100/README.md) left issue 8's 15x H100 goal out of reach on the
 ``torch-compile`` runtime: the pruned 3-layer student's own GPU time (0.198 ms, about 40 kernels of a few
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.nn import functional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
 
@@ -63,8 +63,9 @@ class ClsOnlyLayer(nn.Module):
         super().__init__()
         self.layer = layer
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *a: Any,
-                **kw: Any) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *a: Any, **kw: Any
+    ) -> torch.Tensor:
         att = self.layer.attention
         sa = att.self
         b, t, _ = hidden_states.shape
@@ -76,7 +77,7 @@ class ClsOnlyLayer(nn.Module):
         mask = attention_mask
         if mask is not None and mask.dim() == 4 and mask.shape[-2] != 1:
             mask = mask[:, :, :1]
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling)
+        ctx = functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling)
         ctx = ctx.transpose(1, 2).reshape(b, 1, -1)
         attn_out = att.output(ctx, first)
         return self.layer.output(self.layer.intermediate(attn_out), attn_out)
@@ -126,8 +127,14 @@ def _kernels(fn: Callable[[], Any], cuda: bool) -> dict[str, Any]:
     }
 
 
-def _time_variant(model: nn.Module, dtype: torch.dtype, variant: str, feed: np.ndarray,
-                  args: argparse.Namespace, ref: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
+def _time_variant(
+    model: nn.Module,
+    dtype: torch.dtype,
+    variant: str,
+    feed: np.ndarray,
+    args: argparse.Namespace,
+    ref: torch.Tensor | None,
+) -> tuple[dict, torch.Tensor]:
     from compress.runtime.torch_eager import fp32_math
 
     cuda = torch.cuda.is_available() and not args.quick
@@ -140,8 +147,11 @@ def _time_variant(model: nn.Module, dtype: torch.dtype, variant: str, feed: np.n
     torch._dynamo.reset()
     with torch.inference_mode(), fp32_math(allow_tf32=False):
         t0 = time.perf_counter()
-        compiled = (torch.compile(m, dynamic=False, options=opts) if opts
-                    else torch.compile(m, mode="default", dynamic=False))
+        compiled = (
+            torch.compile(m, dynamic=False, options=opts)
+            if opts
+            else torch.compile(m, mode="default", dynamic=False)
+        )
         x = torch.from_numpy(feed).to(dev)
         out = compiled(x)
         for _ in range(2):
@@ -225,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.batch, args.seq, args.warmup, args.iterations = 2, 16, 1, 3
     feed = torch.randint(1000, 2000, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
-    feed[1:, args.seq // 2:] = 0  # padding in all rows but the first: the attention mask matters
+    feed[1:, args.seq // 2 :] = 0  # padding in all rows but the first: the attention mask matters
     feed = feed.numpy()
     rows: list[dict[str, Any]] = []
     args.out.mkdir(parents=True, exist_ok=True)
@@ -256,8 +266,17 @@ def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[dict[str
         k = "" if r.get("kernels") is None else f"{r['kernels']:.0f}"
         km = f"{r['kernel_ms']:.3f}" if r.get("kernel_ms") is not None else ""
         d = r["max_abs_diff_vs_default"]
-        cells = [r["model"], r["variant"], f"{r['compile_s']:.1f}", k, km, _cell(r, "gpu"), _cell(r, "direct"),
-                 _cell(r, "io-graph"), "" if d is None else f"{d:.2e}"]
+        cells = [
+            r["model"],
+            r["variant"],
+            f"{r['compile_s']:.1f}",
+            k,
+            km,
+            _cell(r, "gpu"),
+            _cell(r, "direct"),
+            _cell(r, "io-graph"),
+            "" if d is None else f"{d:.2e}",
+        ]
         body.append("| " + " | ".join(cells) + " |")
     ratio = "| variant | student | gpu | direct | io-graph |\n|---|---|---|---|---|\n"
     for v in dict.fromkeys(r["variant"] for r in rows):
@@ -265,11 +284,15 @@ def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[dict[str
         for r in rows:
             if teach is None or r["variant"] != v or r is teach or "gpu" not in r:
                 continue
-            cells = [v, r["model"]] + [f"{teach[p]['p95_ms'] / r[p]['p95_ms']:.2f}x" for p in ("gpu", "direct",
-                                                                                             "io-graph")]
+            cells = [v, r["model"]] + [
+                f"{teach[p]['p95_ms'] / r[p]['p95_ms']:.2f}x" for p in ("gpu", "direct", "io-graph")
+            ]
             ratio += "| " + " | ".join(cells) + " |\n"
-    tops = "\n".join(f"- {r['model']}, {r['variant']}: " + "; ".join(f"{n} {ms:.4f} ms" for n, ms in r["top"])
-                     for r in rows if r.get("top"))
+    tops = "\n".join(
+        f"- {r['model']}, {r['variant']}: " + "; ".join(f"{n} {ms:.4f} ms" for n, ms in r["top"])
+        for r in rows
+        if r.get("top")
+    )
     cmd = "python benchmarks/gpu_fusion_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
     note = " (QUICK: CPU smoke test, numbers meaningless)" if args.quick else ""
@@ -277,11 +300,14 @@ def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[dict[str
         f"# Fewer kernels, fewer copies{note}\n\nCommand: `{cmd}`\n\n"
         f"Device: {dev}, torch {torch.__version__}; batch {args.batch} x {args.seq} tokens (rows 1.. padded "
         f"from the middle), {args.iterations} timed runs after {args.warmup} warm-up\n\n{head}"
-        + "\n".join(body) + f"\n\nTeacher p95 / student p95, same variant:\n\n{ratio}\n"
+        + "\n".join(body)
+        + f"\n\nTeacher p95 / student p95, same variant:\n\n{ratio}\n"
         f"Longest kernels per call (summed over launches of the same kernel):\n\n{tops}\n"
     )
     (args.out / "fusion-probe.md").write_text(text)
-    (args.out / "fusion-probe.json").write_text(json.dumps({"command": cmd, "device": dev, "rows": rows}, indent=1))
+    (args.out / "fusion-probe.json").write_text(
+        json.dumps({"command": cmd, "device": dev, "rows": rows}, indent=1)
+    )
     return text
 
 

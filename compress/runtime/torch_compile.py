@@ -10,12 +10,11 @@ copy and one replay: measured on an H100 (docs/results/latency-floor-h100), the 
 ``mode="reduce-overhead"`` (CUDA graph trees behind dynamo's guards) added about 0.3 ms per call
 on top of the graph's own time, which for a pruned 3-layer MiniLM (0.26 ms on the GPU) more
 than doubled its latency and flattened every ratio. From a shape's second call on, ``run`` goes
-through a ``HostGraph``: the shape captured once more with its copies inside the graph (pinned input
-buffer to the static input, the outputs to pinned buffers in their own dtype), so a call is a NumPy copy
-in, one replay, one stream wait and a float32 copy out; no device tensors, precision context or module
-call on the host. Measured on an H100 (docs/results/latency-floor-h100/README.md, session 11), for pruned
-2- and 3-layer MiniLMs (0.2-0.3 ms calls) this took ... ms off the session-10 path, which launched the
-copies separately; the module call it replaced in session 10 took 0.03-0.06 ms more again.
+through the shape's ``CapturedCall``: pinned buffers, graph and stream made once and kept, so a call is
+a NumPy copy in, a queued copy into the graph's static input, one replay, queued copies of the outputs in
+their own dtype, one stream wait and a float32 copy out; no module call, precision context or lookups.
+Measured on an H100 (docs/results/latency-floor-h100/README.md, session 11), that leaves the host's work
+of a call within 0.01 ms of a hand-written pinned loop around the same graph.
 A model whose forward cannot be captured
 (it synchronises with the host, say) runs compiled without graphs; the reason is kept in
 ``GraphedModule.fallback_reason`` and warned about. On CPU inductor's default mode is used.
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from compress.runtime.base import register_runtime
-from compress.runtime.torch_eager import _HOST_DTYPES, _INPUT_NAME, TorchSession, _as_list, fp32_math
+from compress.runtime.torch_eager import _HOST_DTYPES, _INPUT_NAME, TorchSession, _as_list
 
 _WARMUP_CALLS = 3  # before capture, on a side stream: lazy init, autotuning, cuBLAS workspaces
 
@@ -43,38 +42,37 @@ class TorchCompileSession(TorchSession):
     """A compress model (or ``nn.Module``) under ``torch.compile``; CUDA graphs on GPU."""
 
     def _prepare(self, model: nn.Module) -> nn.Module:
-        self._host_graphs: dict[tuple[tuple[int, ...], np.dtype], HostGraph | None] = {}
+        self._calls: dict[tuple[tuple[int, ...], np.dtype], CapturedCall] = {}
         return compile_for(model, self.device)
 
     def _run_impl(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if isinstance(self._model, GraphedModule):
             arr = np.ascontiguousarray(inputs[_INPUT_NAME])
-            host = self._host_graph(arr, self._model)
-            if host is not None:
+            call = self._captured_call(arr, self._model)
+            if call is not None:
                 self._keep_threads()
-                return host.run(arr)
+                return call.run(arr)
         # first call of a shape (compile + capture), CPU, or a model that could not be captured
         return super()._run_impl(inputs)
 
-    def _host_graph(self, arr: np.ndarray, graphed: GraphedModule) -> HostGraph | None:
-        """The host graph for ``arr``'s shape and dtype: captured on the shape's second call, then kept."""
+    def _captured_call(self, arr: np.ndarray, graphed: GraphedModule) -> CapturedCall | None:
+        """The call path of ``arr``'s shape and dtype once its graph is captured (made once, then kept)."""
         key = (arr.shape, arr.dtype)
-        if key in self._host_graphs:
-            return self._host_graphs[key]
-        host_dtype = torch.from_numpy(arr[:0]).dtype
-        # the device graph was captured on the input as ``TorchSession._run_impl`` hands it to the model:
-        # floats in the session's dtype, token ids as they are
-        dtype = self._dtype if host_dtype.is_floating_point else host_dtype
-        if graphed.captured(tuple(arr.shape), dtype) is None:
-            return None  # not run yet: the module path compiles and captures it
-        # the same grad mode and matmul flags as the first capture, or the compiled code's guards fail
-        with torch.inference_mode(), fp32_math(allow_tf32=self._precision == "tf32"):
-            host = graphed.capture_host(tuple(arr.shape), dtype, host_dtype)
-        self._host_graphs[key] = host
-        return host
+        call = self._calls.get(key)
+        if call is None:
+            host_dtype = torch.from_numpy(arr[:0]).dtype
+            # the graph was captured on the input as ``TorchSession._run_impl`` hands it to the model:
+            # floats in the session's dtype, token ids as they are
+            entry = graphed.captured(
+                tuple(arr.shape), self._dtype if host_dtype.is_floating_point else host_dtype
+            )
+            if entry is None:
+                return None  # not run yet (the module path compiles and captures it), or no graphs
+            call = self._calls[key] = CapturedCall(*entry, host_dtype=host_dtype)
+        return call
 
     def _close_impl(self) -> None:
-        self._host_graphs.clear()
+        self._calls.clear()
         super()._close_impl()
         reset_compiled()
 
@@ -87,34 +85,55 @@ _raw_current_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 """The current CUDA stream's handle for a device index (a C call, without building a ``Stream``)."""
 
 
-class HostGraph:
-    """A captured shape whose CUDA graph holds its host copies too: pinned input, model, pinned outputs.
+class CapturedCall:
+    """One captured shape called from NumPy: kept pinned buffers, the graph, the kept stream.
 
-    ``run`` writes the NumPy input into the pinned input buffer, replays the graph (the host-to-device
-    copy, the model's kernels and the device-to-host copies of the outputs, one launch), waits for the
-    stream and returns float32 copies of the pinned outputs. The host's work per call is two NumPy copies,
-    one replay and one wait. The stream is waited on through a kept ``torch.cuda.Stream``, looked up again
-    only when the device's current stream changes (``torch.cuda.current_stream`` costs 6-10 us of host
-    time per call, measured on an H100: docs/results/latency-floor-h100/sync-probe-c.txt).
+    ``run`` writes the NumPy input into a pinned buffer, queues its copy into the graph's static input
+    (cast there when the session's precision differs), replays the graph, queues each output's copy into
+    a pinned buffer in its own dtype (float32 for those NumPy lacks), waits for the stream and returns
+    float32 copies. Everything it touches is made once per shape, so the host's work per call is two
+    NumPy copies, three queued operations and one wait. The stream is waited on through a kept
+    ``torch.cuda.Stream``, looked up again only when the device's current stream changes
+    (``torch.cuda.current_stream`` costs 6-10 us of host time, measured on an H100:
+    docs/results/latency-floor-h100/sync-probe-c.txt). The copies are queued around the replay, not
+    captured in the graph: with them captured (pinned host memory inside a capture) the GPU tests stalled
+    on an H100 with torch 2.11, and they bought no measurable time (docs/results/latency-floor-h100,
+    session 11).
     """
 
     def __init__(
-        self, graph: Any, host_in: torch.Tensor, host_outs: list[torch.Tensor], device: torch.device
+        self, graph: Any, static_in: torch.Tensor, static_out: Any, *, host_dtype: torch.dtype
     ) -> None:
         self._graph = graph
-        self._pinned = (host_in, *host_outs)  # the graph's copies read and write this memory
-        self._in = host_in.numpy()
-        self._outs = [h.numpy() for h in host_outs]
-        self._device = device
+        self._static_in = static_in
+        self._host_in = torch.empty(tuple(static_in.shape), dtype=host_dtype, pin_memory=True)
+        self._in = self._host_in.numpy()
+        self._outs = [
+            (
+                o,
+                torch.empty(
+                    tuple(o.shape),
+                    dtype=o.dtype if o.dtype in _HOST_DTYPES else torch.float32,
+                    pin_memory=True,
+                ),
+            )
+            for o in _as_list(static_out)
+        ]
+        self._out_arrays = [h.numpy() for _, h in self._outs]
+        self._device = static_in.device
         self._stream_handle: int | None = None
         self._stream: Any = None
 
     def run(self, arr: np.ndarray) -> list[np.ndarray]:
         """The outputs for ``arr`` (the captured shape and dtype), as fresh float32 arrays."""
         np.copyto(self._in, arr)
-        self._graph.replay()
+        with torch.inference_mode():  # the graph's static buffers were made in inference mode
+            self._static_in.copy_(self._host_in, non_blocking=True)
+            self._graph.replay()
+            for out, host in self._outs:
+                host.copy_(out, non_blocking=True)
         self._wait()
-        return [o.astype(np.float32) for o in self._outs]
+        return [a.astype(np.float32) for a in self._out_arrays]
 
     def _wait(self) -> None:
         handle = None if _raw_current_stream is None else _raw_current_stream(self._device.index)
@@ -192,55 +211,6 @@ class GraphedModule(nn.Module):
         static_in.copy_(x)
         graph.replay()
         return static_out
-
-    def capture_host(
-        self, shape: tuple[int, ...], dtype: torch.dtype, host_dtype: torch.dtype
-    ) -> HostGraph | None:
-        """Capture ``shape``'s graph again with its copies from and to pinned host buffers inside it.
-
-        Needs the device graph of ``shape`` and ``dtype`` (``forward`` captures it on the shape's first
-        call); ``host_dtype`` is the host input's dtype. The input crosses in that dtype and is cast on
-        the device when it differs from ``dtype``; each output crosses in its own dtype when NumPy has it,
-        else as float32 (cast on the device). Returns ``None`` (and warns) when this capture fails; the
-        device graph is untouched by a failure.
-        """
-        entry = self.captured(shape, dtype)
-        if entry is None:
-            return None
-        _, static_in, static_out = entry
-        outs = _as_list(static_out)
-        device = static_in.device
-        try:
-            # pinned and device buffers are allocated before the capture, none inside it
-            host_in = torch.empty(shape, dtype=host_dtype, pin_memory=True)
-            staged = None if host_dtype == dtype else torch.empty(shape, dtype=host_dtype, device=device)
-            host_outs = [
-                torch.empty(
-                    o.shape, dtype=o.dtype if o.dtype in _HOST_DTYPES else torch.float32, pin_memory=True
-                )
-                for o in outs
-            ]
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                if staged is None:
-                    static_in.copy_(host_in, non_blocking=True)
-                else:  # same-dtype DMA, then the cast as a kernel of the graph
-                    staged.copy_(host_in, non_blocking=True)
-                    static_in.copy_(staged)
-                for o, h in zip(_as_list(self.inner(static_in)), host_outs, strict=True):
-                    h.copy_(o if o.dtype == h.dtype else o.to(h.dtype), non_blocking=True)
-        except Exception as e:  # noqa: BLE001 - any failure: the session keeps calling the module
-            torch.cuda.synchronize(device)
-            _clear_rng_capture_state(device)
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            warnings.warn(
-                f"torch-compile: capturing the copies of shape {shape} in its CUDA graph failed, "
-                f"calls of that shape go through the module ({reason})",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return None
-        return HostGraph(graph, host_in, host_outs, device)
 
     def _capture(self, x: torch.Tensor) -> _Captured:
         static_in = x.clone()

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from compress.runtime import open_session
-from compress.runtime.torch_compile import GraphedModule, HostGraph
+from compress.runtime.torch_compile import CapturedCall, GraphedModule
 from tests._helpers.models import tiny_bert, tiny_vit
 
 pytestmark = pytest.mark.gpu
@@ -101,10 +101,10 @@ def test_image_model_matches_eager():
 
 @pytest.mark.parametrize(("precision", "atol"), [("fp32", 1e-4), ("fp16", 5e-2), ("bf16", 2e-1)])
 def test_captured_shapes_replay_without_calling_the_module(monkeypatch, precision, atol):
-    """After a shape's first call, ``run`` replays the shape's host graph (copies captured in it): the
-    module is not called again for that shape, each call sees its own input (float inputs cast to the
-    session's precision inside the graph; bf16 outputs cast to float32 there), and results are fresh
-    float32 arrays."""
+    """After a shape's first call, ``run`` goes through the shape's ``CapturedCall`` (kept pinned buffers,
+    copies queued around the replay): the module is not called again for that shape, each call sees its
+    own input (float inputs cast to the session's precision in the copy; bf16 outputs cross as float32),
+    and results are fresh float32 arrays."""
     model = tiny_vit(depth=2, dim=64).eval()
     xs = [torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     with open_session("torch-compile", model, device="cuda", precision=precision) as sess:
@@ -117,7 +117,7 @@ def test_captured_shapes_replay_without_calling_the_module(monkeypatch, precisio
 
         monkeypatch.setattr(graphed, "forward", no_module_call)
         outs = [sess.run({"input": x.numpy()})[0] for x in xs]
-        assert isinstance(sess._host_graphs[((8, 1, 8, 8), np.dtype(np.float32))], HostGraph)
+        assert isinstance(sess._calls[((8, 1, 8, 8), np.dtype(np.float32))], CapturedCall)
         with pytest.raises(Exception, match="module was called"):  # a new shape still goes through it
             sess.run({"input": torch.randn(2, 1, 8, 8).numpy()})
     for x, out in zip(xs, outs, strict=True):
@@ -141,9 +141,9 @@ def test_token_ids_replay_through_the_lean_path_in_fp16():
         assert np.abs(out - model(x).detach().numpy()).max() < 5e-2
 
 
-def test_host_graph_follows_the_callers_stream():
-    """A caller that runs the session under its own stream gets that stream's results: the replay is
-    launched there, and the wait looks the stream up again when it changed."""
+def test_captured_call_follows_the_callers_stream():
+    """A caller that runs the session under its own stream gets that stream's results: the copies and the
+    replay are queued there, and the wait looks the stream up again when it changed."""
     model = _tiny_bert()
     xs = [torch.randint(1, 100, (4, 12), generator=torch.Generator().manual_seed(i)) for i in range(4)]
     with open_session("torch-compile", model, device="cuda", precision="fp32") as sess:
@@ -152,6 +152,6 @@ def test_host_graph_follows_the_callers_stream():
         with torch.cuda.stream(side):
             outs.append(sess.run({"input": xs[2].numpy()})[0])
         outs.append(sess.run({"input": xs[3].numpy()})[0])
-        assert isinstance(sess._host_graphs[((4, 12), np.dtype(np.int64))], HostGraph)
+        assert isinstance(sess._calls[((4, 12), np.dtype(np.int64))], CapturedCall)
     for x, out in zip(xs, outs, strict=True):
         assert np.abs(out - model(x).detach().numpy()).max() < 1e-3
