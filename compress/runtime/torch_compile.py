@@ -13,8 +13,10 @@ than doubled its latency and flattened every ratio. From a shape's second call o
 through the shape's ``CapturedCall``: pinned buffers, graph and stream made once and kept, so a call is
 a NumPy copy in, a queued copy into the graph's static input, one replay, queued copies of the outputs in
 their own dtype, one stream wait and a float32 copy out; no module call, precision context or lookups.
-Measured on an H100 (docs/results/latency-floor-h100/README.md, session 11), that leaves the host's work
-of a call within 0.01 ms of a hand-written pinned loop around the same graph.
+Measured on an H100 (docs/results/latency-floor-h100/README.md, session 11, p95 at 32 x 128 tokens),
+the runtime's own work per call is then 0.009-0.013 ms above a hand-written pinned loop around the same
+graph (pruned 3-layer MiniLM 0.256 vs 0.243 ms, 2-layer 0.189 vs 0.180 ms), against 0.027-0.041 ms for
+the session-10 path, which looked its buffers, shape and stream up on every call.
 A model whose forward cannot be captured
 (it synchronises with the host, say) runs compiled without graphs; the reason is kept in
 ``GraphedModule.fallback_reason`` and warned about. On CPU inductor's default mode is used.
@@ -96,9 +98,10 @@ class CapturedCall:
     ``torch.cuda.Stream``, looked up again only when the device's current stream changes
     (``torch.cuda.current_stream`` costs 6-10 us of host time, measured on an H100:
     docs/results/latency-floor-h100/sync-probe-c.txt). The copies are queued around the replay, not
-    captured in the graph: with them captured (pinned host memory inside a capture) the GPU tests stalled
-    on an H100 with torch 2.11, and they bought no measurable time (docs/results/latency-floor-h100,
-    session 11).
+    captured in the graph. Captured (pinned host memory read and written inside a capture), the path came
+    within 0.004 ms of the hand-written loop, about 0.01 ms better, but on that code one GPU test ran
+    for over 7 minutes on an H100 with torch 2.11 and was killed, not root-caused (docs/results/
+    latency-floor-h100, session 11); every operation here is one the GPU tests passed with before.
     """
 
     def __init__(
