@@ -59,6 +59,9 @@ class TorchCompileSession(TorchSession):
 
     def _captured_call(self, arr: np.ndarray, graphed: GraphedModule) -> CapturedCall | None:
         """The call path of ``arr``'s shape and dtype once its graph is captured (made once, then kept)."""
+        if graphed.fallback_reason is not None:  # a later shape's capture failed and the model was
+            self._calls.clear()  # compiled afresh: the kept graphs may hold the old compilation's kernels
+            return None
         key = (arr.shape, arr.dtype)
         call = self._calls.get(key)
         if call is None:

@@ -139,3 +139,5 @@ def test_the_session_makes_a_call_path_once_a_shape_is_captured_and_keeps_it(cpu
     assert sess._captured_call(ids, graphed)._host_in.dtype == torch.int64
     graphed.fallback_reason = "RuntimeError: cannot capture"
     assert sess._captured_call(np.zeros((3, 5), dtype=np.int64), graphed) is None
+    assert sess._captured_call(ids, graphed) is None  # after a fallback, no kept graph replays again
+    assert sess._calls == {}
