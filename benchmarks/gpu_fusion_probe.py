@@ -168,19 +168,26 @@ def _time_variant(
     return row, logits
 
 
-def _graph_paths(compiled: nn.Module, x: torch.Tensor, feed: np.ndarray, w: int, n: int) -> dict[str, Any]:
-    """``gpu``, ``direct`` and ``io-graph`` timings of ``compiled`` captured in CUDA graphs."""
-    stream = torch.cuda.current_stream()
-    side = torch.cuda.Stream()
+def _capture(compiled: nn.Module, static_in: torch.Tensor, body: Callable[[], Any]) -> torch.cuda.CUDAGraph:
+    """``body`` captured in a CUDA graph, after ``compiled`` warmed up on ``static_in`` on a side stream."""
+    stream, side = torch.cuda.current_stream(), torch.cuda.Stream()
     side.wait_stream(stream)
-    static_in = x.clone()
     with torch.cuda.stream(side):
         for _ in range(3):
             compiled(static_in)
     stream.wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_out = compiled(static_in)
+        body()
+    return graph
+
+
+def _graph_paths(compiled: nn.Module, x: torch.Tensor, feed: np.ndarray, w: int, n: int) -> dict[str, Any]:
+    """``gpu``, ``direct`` and ``io-graph`` timings of ``compiled`` captured in CUDA graphs."""
+    stream = torch.cuda.current_stream()
+    static_in, outs = x.clone(), []
+    graph = _capture(compiled, static_in, lambda: outs.append(compiled(static_in)))
+    static_out = outs[0]
     pin_in = torch.empty(feed.shape, dtype=torch.int64, pin_memory=True)
     pin_out = torch.empty(static_out.shape, dtype=static_out.dtype, pin_memory=True)
 
@@ -195,16 +202,12 @@ def _graph_paths(compiled: nn.Module, x: torch.Tensor, feed: np.ndarray, w: int,
     io_in = x.clone()
     io_pin_in = torch.empty(feed.shape, dtype=torch.int64, pin_memory=True)
     io_pin_out = torch.empty(static_out.shape, dtype=static_out.dtype, pin_memory=True)
-    side.wait_stream(stream)
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            compiled(io_in)
-    stream.wait_stream(side)
-    io_graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(io_graph):
+
+    def io_body() -> None:
         io_in.copy_(io_pin_in, non_blocking=True)
-        io_out = compiled(io_in)
-        io_pin_out.copy_(io_out, non_blocking=True)
+        io_pin_out.copy_(compiled(io_in), non_blocking=True)
+
+    io_graph = _capture(compiled, io_in, io_body)
 
     def io_call() -> None:
         io_pin_in.numpy()[...] = feed
