@@ -16,11 +16,10 @@ their own dtype, one stream wait and a float32 copy out; no module call, precisi
 Measured on an H100 (docs/results/latency-floor-h100/README.md, session 11, p95 at 32 x 128 tokens),
 the runtime's own work per call is then 0.009-0.013 ms above a hand-written pinned loop around the same
 graph (pruned 3-layer MiniLM 0.256 vs 0.243 ms, 2-layer 0.189 vs 0.180 ms), against 0.027-0.041 ms for
-the session-10 path, which looked its buffers, shape and stream up on every call.
-A model whose forward cannot be captured
-(it synchronises with the host, say) runs compiled without graphs; the reason is kept in
-``GraphedModule.fallback_reason`` and warned about. On CPU inductor's default mode is used.
-Precision from the target (fp32, tf32, fp16, bf16).
+the session-10 path, which looked its buffers, shape and stream up on every call. A model whose
+forward cannot be captured (it synchronises with the host, say) runs compiled without graphs; the
+reason is kept in ``GraphedModule.fallback_reason`` and warned about. On CPU inductor's default mode
+is used. Precision from the target (fp32, tf32, fp16, bf16).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ import torch
 from torch import nn
 
 from compress.runtime.base import register_runtime
-from compress.runtime.torch_eager import _HOST_DTYPES, _INPUT_NAME, TorchSession, _as_list
+from compress.runtime.torch_eager import _INPUT_NAME, TorchSession, _as_list, host_output_dtype
 
 _WARMUP_CALLS = 3  # before capture, on a side stream: lazy init, autotuning, cuBLAS workspaces
 
@@ -103,8 +102,9 @@ class CapturedCall:
     docs/results/latency-floor-h100/sync-probe-c.txt). The copies are queued around the replay, not
     captured in the graph. Captured (pinned host memory read and written inside a capture), the path came
     within 0.004 ms of the hand-written loop, about 0.01 ms better, but on that code one GPU test ran
-    for over 7 minutes on an H100 with torch 2.11 and was killed, not root-caused (docs/results/
-    latency-floor-h100, session 11); every operation here is one the GPU tests passed with before.
+    for over 7 minutes on an H100 with torch 2.11 and was killed, not root-caused (session 11 in
+    docs/results/latency-floor-h100/README.md); every operation here is one the GPU tests passed with
+    before.
     """
 
     def __init__(
@@ -114,15 +114,8 @@ class CapturedCall:
         self._static_in = static_in
         self._host_in = torch.empty(tuple(static_in.shape), dtype=host_dtype, pin_memory=True)
         self._in = self._host_in.numpy()
-        self._outs = [
-            (
-                o,
-                torch.empty(
-                    tuple(o.shape),
-                    dtype=o.dtype if o.dtype in _HOST_DTYPES else torch.float32,
-                    pin_memory=True,
-                ),
-            )
+        self._outs = [  # (static output, pinned host buffer)
+            (o, torch.empty(tuple(o.shape), dtype=host_output_dtype(o.dtype), pin_memory=True))
             for o in _as_list(static_out)
         ]
         self._out_arrays = [h.numpy() for _, h in self._outs]

@@ -209,7 +209,7 @@ class PinnedStaging:
         """Each CUDA tensor of ``outs`` as a float32 NumPy array (one wait for the stream)."""
         bufs = []
         for o in outs:
-            buf = self.buffer(tuple(o.shape), o.dtype if o.dtype in _HOST_DTYPES else torch.float32)
+            buf = self.buffer(tuple(o.shape), host_output_dtype(o.dtype))
             buf.copy_(o.detach(), non_blocking=True)
             bufs.append(buf)
         torch.cuda.current_stream(device).synchronize()
@@ -221,7 +221,12 @@ class PinnedStaging:
 
 
 _HOST_DTYPES = frozenset({torch.float16, torch.float32, torch.float64})
-"""Output dtypes that cross to the host as they are (NumPy has them); the rest cross as float32."""
+
+
+def host_output_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an output of ``dtype`` crosses to the host in: its own when NumPy has it, else float32."""
+    return dtype if dtype in _HOST_DTYPES else torch.float32
+
 
 _DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
