@@ -12,6 +12,8 @@ Tasks:
 
 Usage (GPU, full data):
   python benchmarks/distill_real.py --task wordnet-minilm --out docs/results/distill-h100
+A 2-layer student (teacher layers 2 and 5) distilled for 8 epochs (writes wordnet-minilm-layers-2-5-ep8.md):
+  python benchmarks/distill_real.py --task wordnet-minilm --keep-layers 2 5 --student-epochs 8 --out /tmp/d
 CPU smoke test (tiny subset, one epoch; numbers meaningless):
   python benchmarks/distill_real.py --task fashion-resnet --quick --out /tmp/bench
 """
@@ -168,9 +170,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="Tiny subset and one epoch (a smoke test, not a result).")
     ap.add_argument("--only", default=None, help="Run only variants whose name contains this text.")
     ap.add_argument("--data-root", default=None, help="Folder of the data files (default: the Debian package's).")
+    ap.add_argument(
+        "--keep-layers", type=int, nargs="+", default=None,
+        help="Teacher layers the student keeps (depth students only; default: the task's). Names the output.",
+    )
+    ap.add_argument("--student-epochs", type=int, default=None, help="Distillation epochs. Names the output.")
     args = ap.parse_args(argv)
 
     spec = copy.deepcopy(TASKS[args.task])
+    args.stem = args.task
+    if args.keep_layers is not None:
+        if "keep_layers" not in spec["student"]:
+            ap.error(f"--keep-layers: the {args.task} student is not made by dropping layers")
+        spec["student"]["keep_layers"] = args.keep_layers
+        args.stem += "-layers-" + "-".join(map(str, args.keep_layers))
+    if args.student_epochs is not None:
+        spec["student_train"]["epochs"] = args.student_epochs
+        args.stem += f"-ep{args.student_epochs}"
     data = dict(spec["data"])
     if args.data_root:
         data["root"] = args.data_root
@@ -222,12 +238,12 @@ def _write(args, argv, spec, data, teacher_train, student_train, rows) -> str:  
     import torch
 
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-    (args.out / f"{args.task}.md").write_text(
+    (args.out / f"{args.stem}.md").write_text(
         f"# Distillation benchmark: {args.task}\n\nCommand: `{cmd}`\n\nDevice: {dev}, torch {torch.__version__}\n\n"
         f"Teacher training: {teacher_train}; student training: {student_train}; student: {spec['student']}; "
         f"data: {data}\n\n{table}\n"
     )
-    (args.out / f"{args.task}.json").write_text(json.dumps({"command": cmd, "device": dev, "rows": rows}, indent=2))
+    (args.out / f"{args.stem}.json").write_text(json.dumps({"command": cmd, "device": dev, "rows": rows}, indent=2))
     return table
 
 
