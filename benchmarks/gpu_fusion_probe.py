@@ -1,4 +1,4 @@
-"""What fewer kernels and copies buy on a GPU: inductor freezing, a CLS-only last layer, in-graph copies.
+"""What fewer kernels and copies buy on a GPU: freezing, fused QKV, a CLS-only last layer, in-graph copies.
 
 Session 10 (docs/results/latency-floor-h100/README.md) left issue 8's 15x H100 goal out of reach on the
 ``torch-compile`` runtime: the pruned 3-layer student's own GPU time (0.198 ms, about 40 kernels of a few
@@ -12,6 +12,8 @@ it is, for the FP32 teacher and the two pruned fp16 students of ``gpu_compile_mo
 * ``cls``: a model rewrite. A BERT-style classifier reads only the first token of the last layer (the pooler
   takes ``hidden[:, 0]``), so the last layer's query, attention output, FFN and LayerNorms run on that one
   token; keys and values still cover every token. The logits are the same up to rounding;
+* ``qkv``: a model rewrite. Every layer's query, key and value projections become one linear layer (their
+  weights concatenated), so one GEMM instead of three per layer; ``qkv+cls`` adds the ``cls`` rewrite;
 * ``io-graph``: the host-to-device copy of the input from a pinned buffer and the device-to-host copy of the
   output into a pinned buffer captured inside the CUDA graph, so one call is: write the pinned input, one
   replay, one stream wait. Against ``direct`` (what the runtime's lean path does: a copy, a replay and a
@@ -49,19 +51,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a fol
 from gpu_compile_modes import minilm_models  # noqa: E402
 from gpu_latency_floor import cpu_timer, cuda_timer, p50_p95  # noqa: E402
 
-VARIANTS = ("default", "freezing", "cls", "freezing+cls")
+VARIANTS = ("default", "freezing", "cls", "freezing+cls", "qkv", "qkv+cls")
 
 
 class ClsOnlyLayer(nn.Module):
-    """A BERT encoder layer that computes its output for the first token only (keys and values: all tokens).
+    """A BERT encoder layer computed by hand: optionally one fused QKV GEMM, optionally the first token only.
 
-    Exact for the last layer of a model whose head reads ``hidden[:, 0]`` (BERT's pooler, RoBERTa's and
-    DistilBERT's classification heads); the layer's own submodules do the work, so weights are shared.
+    ``cls_only``: the layer's output for the first token only (keys and values: all tokens). Exact for the
+    last layer of a model whose head reads ``hidden[:, 0]`` (BERT's pooler, RoBERTa's and DistilBERT's
+    classification heads). ``fuse_qkv``: the query, key and value projections as one linear layer (their
+    weights concatenated, made once here), so one GEMM instead of three. The other submodules are the
+    layer's own, so the remaining weights are shared.
     """
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layer: nn.Module, *, cls_only: bool = True, fuse_qkv: bool = False) -> None:
         super().__init__()
         self.layer = layer
+        self.cls_only = cls_only
+        self.qkv: nn.Linear | None = None
+        if fuse_qkv:
+            sa = layer.attention.self
+            parts = (sa.query, sa.key, sa.value)
+            self.split = [lin.out_features for lin in parts]
+            qkv = nn.Linear(parts[0].in_features, sum(self.split), bias=parts[0].bias is not None)
+            with torch.no_grad():
+                qkv.weight.copy_(torch.cat([lin.weight for lin in parts]))
+                if qkv.bias is not None:
+                    qkv.bias.copy_(torch.cat([lin.bias for lin in parts]))
+            self.qkv = qkv.to(parts[0].weight.device, parts[0].weight.dtype)
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *a: Any, **kw: Any
@@ -70,24 +87,33 @@ class ClsOnlyLayer(nn.Module):
         sa = att.self
         b, t, _ = hidden_states.shape
         hd = sa.attention_head_size
-        first = hidden_states[:, :1]
-        q = sa.query(first).view(b, 1, -1, hd).transpose(1, 2)
-        k = sa.key(hidden_states).view(b, t, -1, hd).transpose(1, 2)
-        v = sa.value(hidden_states).view(b, t, -1, hd).transpose(1, 2)
+        first = hidden_states[:, :1] if self.cls_only else hidden_states
+        tq = first.shape[1]
+        if self.qkv is not None:
+            q, k, v = self.qkv(hidden_states).split(self.split, dim=-1)
+            q = q[:, :tq]
+        else:
+            q, k, v = sa.query(first), sa.key(hidden_states), sa.value(hidden_states)
+        q = q.reshape(b, tq, -1, hd).transpose(1, 2)
+        k = k.reshape(b, t, -1, hd).transpose(1, 2)
+        v = v.reshape(b, t, -1, hd).transpose(1, 2)
         mask = attention_mask
-        if mask is not None and mask.dim() == 4 and mask.shape[-2] != 1:
+        if self.cls_only and mask is not None and mask.dim() == 4 and mask.shape[-2] != 1:
             mask = mask[:, :, :1]
         ctx = functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling)
-        ctx = ctx.transpose(1, 2).reshape(b, 1, -1)
+        ctx = ctx.transpose(1, 2).reshape(b, tq, -1)
         attn_out = att.output(ctx, first)
         return self.layer.output(self.layer.intermediate(attn_out), attn_out)
 
 
-def cls_only_last_layer(model: nn.Module) -> nn.Module:
-    """A copy of a compress BERT classifier whose last encoder layer runs on the first token only."""
+def rewrite_layers(model: nn.Module, *, cls_only: bool, fuse_qkv: bool) -> nn.Module:
+    """A copy of a compress BERT classifier: fused QKV in every layer and/or the last layer on token 0."""
     m = copy.deepcopy(model)
     layers = m.net.bert.encoder.layer
-    layers[-1] = ClsOnlyLayer(layers[-1])
+    for i in range(len(layers)):
+        last = i == len(layers) - 1
+        if fuse_qkv or (cls_only and last):
+            layers[i] = ClsOnlyLayer(layers[i], cls_only=cls_only and last, fuse_qkv=fuse_qkv)
     return m
 
 
@@ -139,7 +165,7 @@ def _time_variant(
 
     cuda = torch.cuda.is_available() and not args.quick
     dev = torch.device("cuda" if cuda else "cpu")
-    m = cls_only_last_layer(model) if "cls" in variant else copy.deepcopy(model)
+    m = rewrite_layers(model, cls_only="cls" in variant, fuse_qkv="qkv" in variant)
     m = _Logits(m.to(dev, dtype=dtype if cuda else torch.float32).eval())
     opts = {"freezing": True} if "freezing" in variant else None
     w, n = args.warmup, args.iterations
