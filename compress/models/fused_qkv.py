@@ -68,6 +68,8 @@ class FusedQKVSelfAttention(nn.Module):
         split: The output widths of query, key and value, in that order.
     """
 
+    _functions: Any = None
+
     def __init__(self, attn: nn.Module, eager: Callable[..., Any]) -> None:
         super().__init__()
         parts = (attn.query, attn.key, attn.value)
@@ -89,8 +91,10 @@ class FusedQKVSelfAttention(nn.Module):
                 setattr(self, name, getattr(attn, name))
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+        # transformers' registry of attention functions, looked up per call (the model's configured
+        # implementation may change); a class attribute, so copies of the model share the one registry
+        type(self)._functions = ALL_ATTENTION_FUNCTIONS
         self._eager = eager
-        self._functions = ALL_ATTENTION_FUNCTIONS  # the configured implementation is looked up per call
         self.train(attn.training)
 
     def forward(

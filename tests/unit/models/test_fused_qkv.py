@@ -123,3 +123,15 @@ def test_torch_compile_session_fuses_a_copy_and_matches_eager() -> None:
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5)
+
+
+def test_a_copy_of_a_fused_model_uses_transformers_own_attention_registry() -> None:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    fused = tiny_bert(seed=8)
+    fuse_qkv(fused)
+    again = copy.deepcopy(fused)
+    sa = again.net.bert.encoder.layer[0].attention.self
+    assert sa._functions is ALL_ATTENTION_FUNCTIONS
+    with torch.no_grad():
+        torch.testing.assert_close(again(_ids()), fused(_ids()), rtol=0, atol=0)
