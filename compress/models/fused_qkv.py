@@ -150,6 +150,7 @@ def fusable(attn: nn.Module) -> bool:
     return (
         hasattr(attn, "attention_head_size")
         and hasattr(attn, "scaling")
+        and isinstance(getattr(attn, "dropout", None), nn.Dropout)
         and getattr(config, "_attn_implementation", None) is not None
         and _eager_attention(attn) is not None
     )
