@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.models.hf_attention import PARTS
+from compress.models.hf_attention import PARTS, self_attention_modules
 
 _COPIED = (
     "config",
@@ -156,6 +156,12 @@ def fusable(attn: nn.Module) -> bool:
     )
 
 
+def fusable_attentions(model: nn.Module) -> list[str]:
+    """Qualified names of the self-attentions of ``model`` that ``fuse_qkv`` would rewrite."""
+    mods = dict(model.named_modules())
+    return [name for name in self_attention_modules(model) if fusable(mods[name])]
+
+
 def fuse_qkv(model: nn.Module) -> int:
     """Replace, in place, every exactly fusable self-attention of ``model`` by a ``FusedQKVSelfAttention``.
 
@@ -163,13 +169,11 @@ def fuse_qkv(model: nn.Module) -> int:
     computes the same function; its state dict changes (``...self.qkv.weight`` instead of the three
     projections), so fuse a copy for inference and keep the original for saving and training.
     """
-    targets = [
-        (name, m) for name, m in model.named_modules() if name.endswith("attention.self") and fusable(m)
-    ]
-    for name, attn in targets:
+    names = fusable_attentions(model)
+    for name in names:
+        attn = model.get_submodule(name)
         parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
         eager = _eager_attention(attn)
         assert eager is not None  # checked by fusable
-        setattr(parent, child, FusedQKVSelfAttention(attn, eager))
-    return len(targets)
+        setattr(model.get_submodule(parent_name), child, FusedQKVSelfAttention(attn, eager))
+    return len(names)

@@ -266,9 +266,9 @@ def inference_rewrite(model: nn.Module) -> tuple[nn.Module, int]:
 
     The caller's model is never modified (its state dict keeps the three projections).
     """
-    from compress.models.fused_qkv import fusable, fuse_qkv
+    from compress.models.fused_qkv import fusable_attentions, fuse_qkv
 
-    if not any(fusable(m) for name, m in model.named_modules() if name.endswith("attention.self")):
+    if not fusable_attentions(model):
         return model, 0
     rewritten = copy.deepcopy(model)
     return rewritten, fuse_qkv(rewritten)
