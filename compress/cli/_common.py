@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from compress._utils.interrupt import handling_interrupts
 from compress.errors import EXIT_RUNTIME, CompressError
 
 T = TypeVar("T")
@@ -21,11 +22,13 @@ def guarded(fn: Callable[[], T]) -> T:
     """Run ``fn``; turn compress errors into their exit code with a one-message diagnostic.
 
     Bad input (exit 2) and stage failures (exit 3) print no traceback unless ``--debug``.
-    Ctrl-C prints one line and exits 130; the run directory stays resumable. An ``OSError``
-    outside a stage (disk full, I/O error) is exit 3 with the file it concerns.
+    Ctrl-C prints one line and exits 130; the run directory stays resumable (a Ctrl-C that landed where
+    Python drops the exception is raised again at the next training step or stage: ``handling_interrupts``).
+    An ``OSError`` outside a stage (disk full, I/O error) is exit 3 with the file it concerns.
     """
     try:
-        return fn()
+        with handling_interrupts():
+            return fn()
     except CompressError as e:
         if STATE["debug"]:
             traceback.print_exc()

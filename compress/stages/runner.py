@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from compress import __version__
+from compress._utils.interrupt import check_interrupt
 from compress._utils.io import atomic_write_json, atomic_write_text, read_json, sha256_file, sha256_json
 from compress._utils.lock import run_lock
 from compress._utils.progress import Reporter
@@ -376,6 +377,7 @@ def run_pipeline(
             history: dict[str, dict[str, Any]] = {}
             atomic_write_json(run_dir / "manifest.json", manifest)
             for i, entry in enumerate(cfg.stages):
+                check_interrupt()
                 kind = entry.kind
                 stage_cls = STAGES.get(kind)
                 sid = f"{i + 1:02d}-{kind}"

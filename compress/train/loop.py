@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress._utils.interrupt import check_interrupt
 from compress._utils.io import atomic_torch_save, sha256_json
 from compress._utils.progress import SILENT, Reporter
 from compress.data.base import TaskData
@@ -222,6 +223,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             batches = data.batches("train", bs, shuffle=True, seed=seed * 100_003 + epoch, device=device)
             for i, (x, y) in enumerate(batches):
+                check_interrupt()
                 if before_step is not None and i % cfg.grad_accum == 0:
                     before_step(step_offset + result.steps)
                 x, y, share = _shard(x, y, rank, world)

@@ -92,7 +92,7 @@ def test_ctrl_c_exits_130_with_one_line_and_the_next_run_resumes(tmp_path: Path)
     assert child.wait_until(lambda: child.finished_stage(1))
     time.sleep(0.1)  # inside distill
     child.kill(signal.SIGINT)
-    assert child.finish(timeout=60) == 130
+    assert child.finish(timeout=60) == 130, child.lines
     summaries = [ln for ln in child.lines if ln.startswith("[")]
     rest = [ln for ln in child.lines if ln and not ln.startswith(("[", "  "))]
     assert rest == [INTERRUPTED], child.lines
