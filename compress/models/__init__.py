@@ -2,6 +2,7 @@
 
 from compress.models import external as _external  # noqa: F401  (registers torchvision, timm, hf, factory)
 from compress.models import tiny_vit as _tiny_vit  # noqa: F401  (registers the family)
+from compress.models.first_token import first_token_last_layer as first_token_last_layer
 from compress.models.fused_qkv import fuse_qkv as fuse_qkv
 from compress.models.registry import (
     FAMILIES as FAMILIES,

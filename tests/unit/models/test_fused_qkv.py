@@ -97,9 +97,9 @@ def test_models_without_bert_attention_are_unchanged() -> None:
 
     vit = tiny_vit()
     assert fuse_qkv(vit) == 0
-    same, n = inference_rewrite(vit)
-    assert same is vit
-    assert n == 0
+    rewrite = inference_rewrite(vit)
+    assert rewrite.model is vit
+    assert (rewrite.fused_attentions, rewrite.first_token_only) == (0, False)
 
 
 def test_fused_forward_refuses_a_decoder_cache() -> None:
