@@ -72,8 +72,9 @@ def test_cuda_session_results_are_independent_copies(runtime):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_torch_compile_fuses_bert_qkv_on_cuda_and_matches_cpu(precision):
-    """The torch-compile session's fused QKV projection (``compress.models.fuse_qkv``), compiled and
-    replayed from a CUDA graph, computes the CPU FP32 model's logits; padded rows exercise the mask."""
+    """The torch-compile session's inference rewrites (``compress.models.fuse_qkv``, then the last layer on
+    the first token: ``first_token_last_layer``), compiled and replayed from a CUDA graph, compute the CPU
+    FP32 model's logits; padded rows exercise the mask."""
     from tests._helpers.models import tiny_bert
 
     model = tiny_bert(seed=0, num_labels=7)
@@ -83,6 +84,7 @@ def test_torch_compile_fuses_bert_qkv_on_cuda_and_matches_cpu(precision):
         ref = model(x).numpy()
     with open_session("torch-compile", model, device="cuda", precision=precision) as sess:
         assert sess.fused_attentions == 2
+        assert sess.first_token_only
         for _ in range(3):  # compile / capture, then replay
             out = sess.run({"input": x.numpy()})[0]
     atol = 1e-4 if precision == "fp32" else 2e-2
