@@ -62,7 +62,7 @@ class TorchCompileSession(TorchSession):
 
     def _prepare(self, model: nn.Module) -> nn.Module:
         self._calls: dict[tuple[tuple[int, ...], np.dtype], CapturedCall] = {}
-        rewrite = inference_rewrite(model)
+        rewrite = inference_rewrite(model, in_place=self._owns_model)
         self.fused_attentions, self.first_token_only = rewrite.fused_attentions, rewrite.first_token_only
         return compile_for(rewrite.model, self.device)
 
@@ -284,19 +284,21 @@ class InferenceRewrite:
     first_token_only: bool = False
 
 
-def inference_rewrite(model: nn.Module) -> InferenceRewrite:
-    """``model`` with the exact inference rewrites applied: on a copy when any applies.
+def inference_rewrite(model: nn.Module, *, in_place: bool = False) -> InferenceRewrite:
+    """``model`` with the exact inference rewrites applied: on a copy when any applies, unless ``in_place``.
 
     The rewrites are ``compress.models.fuse_qkv`` (QKV projections as one GEMM) and then
     ``compress.models.first_token_last_layer`` (the last layer on the first token, for classifiers that
-    read only it). The caller's model is never modified (its state dict keeps its own layout).
+    read only it). Without ``in_place`` the caller's model is never modified (its state dict keeps its
+    own layout); the runtime rewrites in place only a model it loaded or copied itself, so a load holds
+    one copy of the weights on the device, not two.
     """
     from compress.models.first_token import first_token_last_layer, first_token_rewritable
     from compress.models.fused_qkv import fusable_attentions, fuse_qkv
 
     if not fusable_attentions(model) and not first_token_rewritable(model):
         return InferenceRewrite(model)
-    rewritten = copy.deepcopy(model)
+    rewritten = model if in_place else copy.deepcopy(model)
     fused = fuse_qkv(rewritten)
     return InferenceRewrite(rewritten, fused, first_token_last_layer(rewritten))
 

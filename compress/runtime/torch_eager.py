@@ -96,6 +96,9 @@ class TorchSession(Session):
         )
         if needs_copy:
             model = copy.deepcopy(model).to(dtype=dtype).eval().to(target)
+        # whether ``model`` is the session's own (read from a file, or copied above): ``_prepare`` may
+        # then change it in place; otherwise it is the caller's and must be copied before any change
+        self._owns_model = needs_copy or not isinstance(source, nn.Module)
         self._dtype = dtype
         self._staging = PinnedStaging()
         model = self._prepare(model)
@@ -150,7 +153,11 @@ class TorchSession(Session):
         return _DTYPES.get(self._precision or "fp32")
 
     def _prepare(self, model: nn.Module) -> nn.Module:
-        """Hook for subclasses (compile, quantize) after the model is on its device and dtype."""
+        """Hook for subclasses (compile, quantize) after the model is on its device and dtype.
+
+        ``self._owns_model`` says whether ``model`` may be changed in place (the session's own copy) or
+        is the caller's module, which a subclass must copy before changing it.
+        """
         return model
 
     def synchronize(self) -> None:

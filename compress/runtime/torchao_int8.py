@@ -11,6 +11,7 @@ it does not use the learned QAT scales. Needs ``pip install torchao`` and a CUDA
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import torch
@@ -49,6 +50,8 @@ class TorchaoInt8Session(TorchSession):
         except ImportError as e:  # an installed torchao too old or too new for this API
             raise MissingDependency(f"torchao lacks Int8DynamicActivationInt8WeightConfig ({e}); pip install -U torchao") from e
         if self._precision in (None, "int8"):
+            if not self._owns_model:  # quantize_ replaces modules in place: never in the caller's model
+                model = copy.deepcopy(model)
             quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=_int8_kernel_fits)
             self.kept_float = sorted(
                 n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _int8_kernel_fits(m, n)

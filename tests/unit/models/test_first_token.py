@@ -107,3 +107,29 @@ def test_torch_compile_session_rewrites_a_copy_and_matches_eager() -> None:
         assert sess.first_token_only
         out = sess.run({"input": x})[0]
     np.testing.assert_allclose(out, _logits(model, torch.from_numpy(x)).numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_a_load_holds_one_copy_of_the_model(train_mode: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session copies the caller's model once: in ``_load_impl`` (a model in training mode is copied
+    there to be put in eval mode) or for the rewrites, never both; the caller's model is left as it was."""
+    import compress.runtime.torch_compile as tc
+
+    model = tiny_bert(seed=8).train(train_mode)
+    keys = set(model.state_dict())
+    copies: list[str] = []
+    real = copy.deepcopy
+
+    def counting(obj, memo=None):
+        if isinstance(obj, torch.nn.Module) and memo is None:
+            copies.append(type(obj).__name__)
+        return real(obj, memo)
+
+    monkeypatch.setattr(copy, "deepcopy", counting)
+    monkeypatch.setattr(tc.copy, "deepcopy", counting)
+    with TorchCompileSession.load(model, threads=1) as sess:
+        assert (sess.fused_attentions, sess.first_token_only) == (2, True)
+    assert copies == ["SourceModel"]
+    assert set(model.state_dict()) == keys
+    assert model.training is train_mode
+    assert inference_rewrite(model, in_place=True).model is model  # the caller asked for it: no copy
