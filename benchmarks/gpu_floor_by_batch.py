@@ -7,9 +7,10 @@ This script asks at which batch size the floor comes within reach. Per model and
 ``compress.bench.artifact.bench_artifact`` (what ``compress bench ARTIFACT --target ...`` runs: the validate
 stage's timing, memory and roofline) on the ``h100-torch-compile-fp16`` target (the teacher at fp32 on the
 same runtime, as the validate stage times it), seq 128, and reports p95, throughput, the floor from the
-MACs the model counts (what the report shows), p95 / floor, and the floor from the MACs the runtime
-executes: its inference rewrites (``compress.runtime.torch_compile.inference_rewrite``) run the last layer
-on the first token only, so it does fewer MACs than the model counts and the counted floor flatters it.
+model's full MAC count, p95 / floor, and the floor from the MACs the runtime executes: its inference
+rewrites (``compress.runtime.torch_compile.inference_rewrite``) run the last layer on the first token only,
+so it does fewer MACs than the model counts and the full-count floor flatters it. (The validate stage and
+``compress bench`` report the executed floor since session 13; this script passes the full count.)
 
 Models as in ``gpu_compile_modes.py`` (weights do not change timing): all-MiniLM-L6-v2 as the FP32 teacher,
 3-layer and 2-layer students with half the MACs pruned, fp16, each saved as a compress model file first.

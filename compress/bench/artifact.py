@@ -15,9 +15,9 @@ sequence axis is fixed (a TensorRT engine) at another length than the one asked 
 The length fed to token inputs is recorded as ``sequence_length``. Timing, memory and the roofline are
 measured exactly as in the validate stage (``measure_latency``, ``measure_memory``,
 ``GpuMemoryProbe``, ``compress.bench.roofline``). The roofline needs the MACs: they are counted
-for a torch artifact, and taken from ``macs_per_example`` for ONNX and TensorRT files (which
-cannot be counted here); weight bytes are the parameters at the target's precision for torch and
-the file size for the others.
+for a torch artifact (as the target's runtime executes it: ``Session.executed_model``), and taken
+from ``macs_per_example`` for ONNX and TensorRT files (which cannot be counted here); weight bytes
+are the parameters at the target's precision for torch and the file size for the others.
 """
 
 from __future__ import annotations
@@ -163,11 +163,13 @@ def bench_artifact(
         "latency": latency,
     }
     if roofline:
-        out["roofline"] = _roofline(path, fmt, target, latency, macs_per_example)
+        out["roofline"] = _roofline(path, fmt, target, latency, macs_per_example, runtime)
     return out
 
 
-def _roofline(path: Path, fmt: str, target: Any, latency: dict[str, Any], macs: int | None) -> dict[str, Any]:
+def _roofline(
+    path: Path, fmt: str, target: Any, latency: dict[str, Any], macs: int | None, runtime: Any
+) -> dict[str, Any]:
     if fmt == "torch":
         from compress.models import load_model
         from compress.models.stats import count_macs, count_params
@@ -176,7 +178,7 @@ def _roofline(path: Path, fmt: str, target: Any, latency: dict[str, Any], macs: 
         if macs is None:
             if not hasattr(model, "example_inputs"):
                 return {"unavailable": "the model has no example_inputs() to count MACs with; pass --macs"}
-            macs = count_macs(model, model.example_inputs(1))
+            macs = count_macs(runtime.executed_model(model), model.example_inputs(1))
         moved = weight_bytes(count_params(model), target.precision)
     else:
         if macs is None:

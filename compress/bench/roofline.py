@@ -14,9 +14,9 @@ roofline). Both terms are lower bounds on purpose: the bytes count only the weig
 (activations, the input copy and the output copy are left out), and the FLOPs count only the
 multiply-accumulates ``compress.models.stats.count_macs`` sees (every matmul and convolution,
 not the element-wise work). So the floor is optimistic and the ratio is an upper bound on the
-headroom, never an excuse. One exception: the MACs are the model's, and a runtime that skips work the
-logits do not need (``torch-compile``'s first-token last layer, ``compress.models.first_token``) does
-fewer, so its ratio reads lower than against the work it really does.
+headroom, never an excuse. The MACs are those the runtime executes (``Session.executed_model``):
+``torch-compile`` skips work the logits do not need (the first-token last layer,
+``compress.models.first_token``), so its floor counts what runs, not the model's full count.
 
 The rates are *measured*, not taken from a data sheet, once per process and cached by
 ``(device, precision, threads)``:

@@ -26,9 +26,9 @@ Only what is exactly equivalent is rewritten, and the model is otherwise left as
   not fake-quantized) or already fused by ``fuse_qkv``, with the ``sdpa`` or ``eager`` attention function
   (the two whose 4-D masks are sliced here to the first query row).
 
-The roofline floor the validate stage reports counts the artifact's full MACs; a model under this rewrite
-does fewer (a pruned 2-layer MiniLM at 128 tokens 37 % fewer: benchmarks/gpu_floor_by_batch.py), so on the
-``torch-compile`` runtime its measured / floor ratio is flattered by up to that much.
+A model under this rewrite does fewer MACs (a pruned 2-layer MiniLM at 128 tokens 37 % fewer:
+benchmarks/gpu_floor_by_batch.py); the roofline floor that ``compress bench`` and the validate stage report
+counts the MACs the runtime executes (``Session.executed_model``), so the rewrite does not flatter it.
 
 Example:
     >>> from compress.models import build_model

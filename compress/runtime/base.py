@@ -263,6 +263,15 @@ class Session(ABC):
             )
         return cls._can_run_here_impl(device)
 
+    @classmethod
+    def executed_model(cls, model: Any) -> Any:
+        """The module whose operations this runtime executes for the torch ``model``, to count its MACs.
+
+        The model itself, unless the runtime rewrites it before running (``torch-compile``'s exact
+        inference rewrites skip work the outputs do not need); the roofline floor counts what runs.
+        """
+        return model
+
     # ----------------------------------------------------------- subclass hooks
 
     @classmethod

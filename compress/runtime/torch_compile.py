@@ -60,6 +60,11 @@ class TorchCompileSession(TorchSession):
     first_token_only: bool = False
     """Whether the loaded model's last layer runs on the first token only (``first_token_last_layer``)."""
 
+    @classmethod
+    def executed_model(cls, model: nn.Module) -> nn.Module:
+        """``model`` as this runtime runs it: its inference rewrites (``inference_rewrite``), on a copy."""
+        return inference_rewrite(model).model
+
     def _prepare(self, model: nn.Module) -> nn.Module:
         self._calls: dict[tuple[tuple[int, ...], np.dtype], CapturedCall] = {}
         rewrite = inference_rewrite(model, in_place=self._owns_model)

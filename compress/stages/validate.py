@@ -15,8 +15,10 @@ with one runtime and the same shapes for every model:
   (``compress.bench.measure_latency``, inputs drawn from the split and rotated; CUDA
   events on GPU, ``perf_counter`` on CPU, recorded as ``clock``), and the roofline
   floor per batch size (``compress.bench.roofline``: FLOPs from the model's MACs, the
-  teacher's for the teacher and the exported model's for every artifact, weights at
-  the precision the model runs in, over the target device's measured rates).
+  teacher's for the teacher and the exported model's for every artifact, counted as the
+  target's runtime executes the model (``Session.executed_model``: ``torch-compile``'s
+  inference rewrites skip work), weights at the precision the model runs in, over the
+  target device's measured rates).
 
 Token-id inputs (2-D integer arrays) are timed at the target's ``sequence_length``: every
 timed row (and the memory probe's largest batch) is padded on the right with the teacher's
@@ -242,7 +244,7 @@ class ValidateStage(Stage):
             if wanted and art.format in runtime.formats:
                 models.append((art.name, ctx.run_dir / art.path, art.path, art.precision))
 
-        costs = self._costs(ctx, split) if cfg.roofline else {}
+        costs = self._costs(ctx, split, runtime) if cfg.roofline else {}
         teacher_preds: np.ndarray | None = None
         for model_name, source, rel_path, precision in models:
             try:
@@ -277,15 +279,20 @@ class ValidateStage(Stage):
             )
         return out
 
-    def _costs(self, ctx: StageContext, split: _Split) -> dict[str, tuple[int, int] | str]:
-        """(MACs per example at the timed shape, parameters) of the teacher and of the exported model, or why not."""
+    def _costs(
+        self, ctx: StageContext, split: _Split, runtime: type[Session]
+    ) -> dict[str, tuple[int, int] | str]:
+        """(MACs per example at the timed shape as ``runtime`` executes the model, parameters) of the teacher
+        and of the exported model, or why not."""
         from compress.models.stats import count_macs, count_params
 
         out: dict[str, tuple[int, int] | str] = {}
         example = _timed_example(ctx, split, 1)
         for key, model in ((TEACHER, ctx.teacher), ("model", ctx.model)):
             try:
-                out[key] = (count_macs(model, example), count_params(model))
+                if key == "model" and "torch" in runtime.formats:
+                    model = _torch_artifact_model(model)
+                out[key] = (count_macs(runtime.executed_model(model), example), count_params(model))
             except Exception as e:  # a model the FLOP counter cannot trace: the floor is just not reported
                 out[key] = f"MACs could not be counted: {type(e).__name__}: {e}"
         return out
@@ -461,6 +468,16 @@ def _measure_model(
         "latency": {str(b): s.to_dict() for b, s in stats.items()},
     }
     return entry, preds
+
+
+def _torch_artifact_model(model: torch.nn.Module) -> torch.nn.Module:
+    """What the ``torch-fp32`` artifact of ``model`` holds (export's plain float copy), else ``model``."""
+    from compress.stages.export import plain_float_copy
+
+    try:
+        return plain_float_copy(model)
+    except Exception:  # noqa: BLE001  (a model without a spec: count the stage's model itself)
+        return model
 
 
 def _roofline(

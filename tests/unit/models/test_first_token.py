@@ -133,3 +133,17 @@ def test_a_load_holds_one_copy_of_the_model(train_mode: bool, monkeypatch: pytes
     assert set(model.state_dict()) == keys
     assert model.training is train_mode
     assert inference_rewrite(model, in_place=True).model is model  # the caller asked for it: no copy
+
+
+def test_runtimes_say_what_they_execute_for_the_roofline() -> None:
+    from compress.models.stats import count_macs
+    from compress.runtime import RUNTIMES
+
+    model = tiny_bert(seed=9)
+    x = _ids(9)
+    assert RUNTIMES.get("onnxruntime").executed_model(model) is model
+    assert RUNTIMES.get("torch").executed_model(model) is model
+    executed = TorchCompileSession.executed_model(model)
+    assert executed is not model
+    assert count_macs(executed, x) < count_macs(model, x)
+    torch.testing.assert_close(_logits(executed, x), _logits(model, x), rtol=0, atol=2e-6)

@@ -222,3 +222,28 @@ def test_pad_id_is_the_teachers_then_its_configs_then_zero(bert_run) -> None:
     assert _pad_token_id(bert_run["teacher"]) == PAD
     assert _pad_token_id(SimpleNamespace(config=SimpleNamespace(pad_token_id=7))) == 7
     assert _pad_token_id(tiny_vit()) == 0
+
+
+def test_torch_compile_floor_counts_the_macs_its_rewrites_execute(bert_run) -> None:
+    """The roofline floor of a ``torch-compile`` target counts the model as that runtime runs it (the last layer
+    on the first token only), not the model's full MAC count."""
+    from compress.models import save_model
+    from compress.models.stats import count_macs
+    from compress.runtime.torch_compile import TorchCompileSession
+
+    teacher = bert_run["teacher"]
+    save_model(teacher, bert_run["root"] / "artifacts" / "model.pt")
+    target = _target(name="cpu-compile", runtime="torch-compile", artifact="torch-fp32", batch_sizes=[2],
+                     iterations=2, precision="fp32")  # fmt: skip
+    ctx = dataclasses.replace(
+        _ctx(bert_run, target, "compile-floor"),
+        artifacts={"torch-fp32": Artifact("torch-fp32", "artifacts/model.pt", "torch", "fp32")},
+    )
+    cfg = ValidateStageConfig(targets=[target.name], roofline=True)
+    out = ValidateStage().run(ctx, cfg).metrics["targets"][target.name]
+    example = bert_run["data"].tensors("test")[0][:1]
+    full = count_macs(teacher, example)
+    executed = count_macs(TorchCompileSession.executed_model(teacher), example)
+    assert executed < full
+    for name in ("teacher", "torch-fp32"):
+        assert out["models"][name]["roofline"]["macs_per_example"] == executed, name
