@@ -15,7 +15,8 @@ sequence axis is fixed (a TensorRT engine) at another length than the one asked 
 The length fed to token inputs is recorded as ``sequence_length``. Timing, memory and the roofline are
 measured exactly as in the validate stage (``measure_latency``, ``measure_memory``,
 ``GpuMemoryProbe``, ``compress.bench.roofline``). The roofline needs the MACs: they are counted
-for a torch artifact (as the target's runtime executes it: ``Session.executed_model``), and taken
+for a torch artifact (as the target's runtime executes it: ``Session.executed_model``; a text model
+without ``example_inputs`` on one example of token ids at the fed length), and taken
 from ``macs_per_example`` for ONNX and TensorRT files (which cannot be counted here); weight bytes
 are the parameters at the target's precision for torch and the file size for the others.
 """
@@ -163,22 +164,34 @@ def bench_artifact(
         "latency": latency,
     }
     if roofline:
-        out["roofline"] = _roofline(path, fmt, target, latency, macs_per_example, runtime)
+        out["roofline"] = _roofline(path, fmt, target, latency, macs_per_example, runtime, fed_len)
     return out
 
 
 def _roofline(
-    path: Path, fmt: str, target: Any, latency: dict[str, Any], macs: int | None, runtime: Any
+    path: Path,
+    fmt: str,
+    target: Any,
+    latency: dict[str, Any],
+    macs: int | None,
+    runtime: Any,
+    token_len: int | None,
 ) -> dict[str, Any]:
     if fmt == "torch":
+        import torch
+
         from compress.models import load_model
         from compress.models.stats import count_macs, count_params
 
         model = load_model(path)
         if macs is None:
-            if not hasattr(model, "example_inputs"):
+            if hasattr(model, "example_inputs"):
+                example = model.example_inputs(1)
+            elif token_len is not None:  # a text model fed token ids: one example at the timed length
+                example = torch.randint(1, 100, (1, token_len), generator=torch.Generator().manual_seed(0))
+            else:
                 return {"unavailable": "the model has no example_inputs() to count MACs with; pass --macs"}
-            macs = count_macs(runtime.executed_model(model), model.example_inputs(1))
+            macs = count_macs(runtime.executed_model(model), example)
         moved = weight_bytes(count_params(model), target.precision)
     else:
         if macs is None:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from compress.cli.main import app
 from compress.export import export_onnx
-from compress.models import save_model
+from compress.models import load_model, save_model
 from compress.models.stats import count_macs
 from tests._helpers.models import tiny_vit
 
@@ -132,7 +132,7 @@ def test_bench_on_a_target_that_cannot_run_here_is_exit_2(files):
     assert r.exit_code == 2 and "cannot run on cuda here" in r.stderr
 
 
-def test_bench_text_model_needs_seq_len(files, tmp_path):
+def test_bench_text_model_needs_seq_len_and_counts_macs_at_it(files, tmp_path):
     transformers = pytest.importorskip("transformers")
     from compress.models import build_model
 
@@ -147,7 +147,10 @@ def test_bench_text_model_needs_seq_len(files, tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["latency"]["2"]["iterations"] == 5 and out["sequence_length"] == 8
-    assert "pass --macs" in out["roofline"]["unavailable"]
+    # the roofline counts one example of token ids at the fed length
+    model = load_model(tmp_path / "bert.pt")
+    assert out["roofline"]["macs_per_example"] == count_macs(model, torch.randint(1, 100, (1, 8)))
+    assert out["roofline"]["macs_per_example"] < count_macs(model, torch.randint(1, 100, (1, 12)))
 
 
 @pytest.fixture(scope="module")
