@@ -181,7 +181,7 @@ def _roofline(
         import torch
 
         from compress.models import load_model
-        from compress.models.stats import count_macs, count_params
+        from compress.models.stats import count_macs, count_streamed_params
 
         model = load_model(path)
         if macs is None:
@@ -192,7 +192,7 @@ def _roofline(
             else:
                 return {"unavailable": "the model has no example_inputs() to count MACs with; pass --macs"}
             macs = count_macs(runtime.executed_model(model), example)
-        moved = weight_bytes(count_params(model), target.precision)
+        moved = weight_bytes(count_streamed_params(model), target.precision)
     else:
         if macs is None:
             return {

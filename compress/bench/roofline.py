@@ -7,6 +7,7 @@ than::
 
     compute_ms = FLOPs / R * 1000        FLOPs = 2 x MACs per example x batch
     memory_ms  = bytes / B * 1000        bytes = parameters x bytes per element (artifact precision)
+                                         (embedding tables excluded: a pass reads only its tokens' rows)
     floor_ms   = max(compute_ms, memory_ms)
 
 and ``measured / floor`` says how far a measured latency is from that floor (1.0 = at the

@@ -11,6 +11,33 @@ def count_params(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
+def count_streamed_params(model: nn.Module) -> int:
+    """Parameters a forward pass reads whole: all of them but lookup tables (``nn.Embedding`` weights).
+
+    A pass reads only the rows of an embedding table that its tokens select (at most batch x tokens rows
+    of a 30,522-row vocabulary), so counting the whole table would overstate the bytes a pass must move
+    and put the roofline floor above what a pass can take. A table whose weight a dense layer also uses
+    (a tied output projection) is read whole and counted.
+
+    Example:
+        >>> from torch import nn
+        >>> count_streamed_params(nn.Sequential(nn.Embedding(1000, 8), nn.Linear(8, 2)))
+        18
+    """
+    dense = {
+        id(p)
+        for m in model.modules()
+        if not isinstance(m, nn.Embedding)
+        for p in m.parameters(recurse=False)
+    }
+    tables = {
+        id(m.weight): m.weight.numel()
+        for m in model.modules()
+        if isinstance(m, nn.Embedding) and id(m.weight) not in dense
+    }
+    return count_params(model) - sum(tables.values())
+
+
 @torch.no_grad()
 def module_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, dict[str, float]]:
     """MACs per example of the whole model and of every submodule (by name), from one forward pass.

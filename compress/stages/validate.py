@@ -282,9 +282,9 @@ class ValidateStage(Stage):
     def _costs(
         self, ctx: StageContext, split: _Split, runtime: type[Session]
     ) -> dict[str, tuple[int, int] | str]:
-        """(MACs per example at the timed shape as ``runtime`` executes the model, parameters) of the teacher
-        and of the exported model, or why not."""
-        from compress.models.stats import count_macs, count_params
+        """(MACs per example at the timed shape as ``runtime`` executes the model, parameters a pass reads
+        whole) of the teacher and of the exported model, or why not."""
+        from compress.models.stats import count_macs, count_streamed_params
 
         out: dict[str, tuple[int, int] | str] = {}
         example = _timed_example(ctx, split, 1)
@@ -292,7 +292,7 @@ class ValidateStage(Stage):
             try:
                 if key == "model" and "torch" in runtime.formats:
                     model = _torch_artifact_model(model)
-                out[key] = (count_macs(runtime.executed_model(model), example), count_params(model))
+                out[key] = (count_macs(runtime.executed_model(model), example), count_streamed_params(model))
             except Exception as e:  # a model the FLOP counter cannot trace: the floor is just not reported
                 out[key] = f"MACs could not be counted: {type(e).__name__}: {e}"
         return out

@@ -8,7 +8,7 @@ import torch
 from compress.errors import CheckpointError
 from compress.models import build_model, load_model, model_spec, save_model
 from compress.models.registry import load_checkpoint_file, load_state_dict_checked
-from compress.models.stats import count_macs, count_params
+from compress.models.stats import count_macs, count_params, count_streamed_params
 from tests._helpers.models import tiny_vit
 
 
@@ -73,3 +73,19 @@ def test_macs_count_attention_matmuls():
     attn = 2 * n * n * 32  # QK^T and PV
     assert count_macs(m, torch.randn(2, 1, 8, 8)) == linear + attn
     assert count_params(m) == sum(p.numel() for p in m.parameters())
+
+
+def test_streamed_params_leave_out_lookup_tables_unless_a_dense_layer_reads_them() -> None:
+    from torch import nn
+
+    from tests._helpers.models import tiny_bert
+
+    bert = tiny_bert(seed=0)
+    tables = sum(m.weight.numel() for m in bert.modules() if isinstance(m, nn.Embedding))
+    assert tables > 0
+    assert count_streamed_params(bert) == count_params(bert) - tables
+    assert count_streamed_params(tiny_vit()) == count_params(tiny_vit())  # no tables: every weight streams
+
+    tied = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 50, bias=False))
+    tied[1].weight = tied[0].weight  # an output projection tied to the table reads it whole
+    assert count_streamed_params(tied) == count_params(tied) == 400

@@ -224,11 +224,11 @@ def test_pad_id_is_the_teachers_then_its_configs_then_zero(bert_run) -> None:
     assert _pad_token_id(tiny_vit()) == 0
 
 
-def test_torch_compile_floor_counts_the_macs_its_rewrites_execute(bert_run) -> None:
-    """The roofline floor of a ``torch-compile`` target counts the model as that runtime runs it (the last layer
-    on the first token only), not the model's full MAC count."""
+def test_torch_compile_floor_counts_the_macs_its_rewrites_execute_and_no_embedding_tables(bert_run) -> None:
+    """The roofline floor of a ``torch-compile`` target counts the model as that runtime runs it (the last
+    layer on the first token only), not the model's full MAC count; its bytes leave the embedding tables out."""
     from compress.models import save_model
-    from compress.models.stats import count_macs
+    from compress.models.stats import count_macs, count_params, count_streamed_params
     from compress.runtime.torch_compile import TorchCompileSession
 
     teacher = bert_run["teacher"]
@@ -247,3 +247,6 @@ def test_torch_compile_floor_counts_the_macs_its_rewrites_execute(bert_run) -> N
     assert executed < full
     for name in ("teacher", "torch-fp32"):
         assert out["models"][name]["roofline"]["macs_per_example"] == executed, name
+        # the bytes: every weight but the embedding tables, whose rows a pass reads only for its tokens
+        assert out["models"][name]["roofline"]["bytes_moved"] == 4 * count_streamed_params(teacher), name
+    assert count_streamed_params(teacher) < count_params(teacher)
