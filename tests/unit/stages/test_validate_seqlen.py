@@ -226,7 +226,7 @@ def test_pad_id_is_the_teachers_then_its_configs_then_zero(bert_run) -> None:
 
 def test_torch_compile_floor_counts_the_macs_its_rewrites_execute_and_no_embedding_tables(bert_run) -> None:
     """The roofline floor of a ``torch-compile`` target counts the model as that runtime runs it (the last
-    layer on the first token only), not the model's full MAC count; its bytes leave the embedding tables out."""
+    layer on the first token only), not the model's full MAC count; its bytes leave embedding tables out."""
     from compress.models import save_model
     from compress.models.stats import count_macs, count_params, count_streamed_params
     from compress.runtime.torch_compile import TorchCompileSession
