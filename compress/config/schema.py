@@ -167,6 +167,13 @@ class DataConfig(CompressConfig):
         description="Use a seeded stratified subset of this many examples before splitting (quick runs, CI); "
         "null: all.",
     )
+    split_seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="Seed of the train/val/test split; null: the pipeline's seed. Fix it to retrain with other "
+        "seeds on one split (seed-to-seed spread), or to match the split a teacher checkpoint was tuned on.",
+    )
 
     @field_validator("source")
     @classmethod

@@ -132,7 +132,8 @@ def _load_source_model(
 
 
 def _load_stage_data(loaded: LoadedPipeline, dcfg: Any, at: tuple[str | int, ...], stage_dir: Path, env: Any) -> Any:
-    """A stage's own data set (``stages[i].<kind>.data``), split with the pipeline seed, split stored in the stage folder."""
+    """A stage's own data set (``stages[i].<kind>.data``), split with its ``split_seed`` or the pipeline seed,
+    split stored in the stage folder."""
     try:
         data = SOURCES.get(dcfg.source)(dcfg, env)
     except DataSourceError as e:
@@ -143,7 +144,7 @@ def _load_stage_data(loaded: LoadedPipeline, dcfg: Any, at: tuple[str | int, ...
         stage_dir / "splits.json",
         val_fraction=dcfg.val_fraction,
         test_fraction=dcfg.test_fraction,
-        seed=loaded.config.seed,
+        seed=loaded.config.seed if dcfg.split_seed is None else dcfg.split_seed,
     )
     return data
 
@@ -340,7 +341,7 @@ def run_pipeline(
             run_dir / "data" / "splits.json",
             val_fraction=cfg.data.val_fraction,
             test_fraction=cfg.data.test_fraction,
-            seed=cfg.seed,
+            seed=cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed,
         )
         ck = cfg.teacher.checkpoint
         inputs = {
@@ -348,7 +349,10 @@ def run_pipeline(
             "seed": cfg.seed,
             "teacher": cfg.teacher.model_dump(mode="json", exclude={"checkpoint"}),
             "teacher_checkpoint_sha256": sha256_file(ck) if ck else None,
-            "data": cfg.data.model_dump(mode="json"),
+            # split_seed only when set, so runs from before the key existed keep their cached stages
+            "data": cfg.data.model_dump(
+                mode="json", exclude={"split_seed"} if cfg.data.split_seed is None else None
+            ),
             "data_sha256": data_fingerprint(data),
             "splits_sha256": split_hash,
         }

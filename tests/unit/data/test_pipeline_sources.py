@@ -100,3 +100,28 @@ def test_text_pipeline_caches_tokens_in_the_run_dir(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(text_mod, "load_tokenizer", refuse)
     r = cli("run", f, "--run-dir", rd, "--quiet", "--fresh")
     assert r.exit_code == 0, r.output
+
+
+def test_split_seed_fixes_the_split_while_the_seed_changes(tmp_path: Path) -> None:
+    """``data.split_seed`` keeps one train/val/test split across pipeline seeds (seed-to-seed spread on one
+    split); without it the split follows ``seed``."""
+    make_deploy_dir(tmp_path)
+    body = (
+        "name: s\n"
+        "teacher: {family: tiny-vit, config: {dim: 16, depth: 1, num_heads: 2, mlp_dim: 32}}\n"
+        "stages:\n  - finetune: {train: {epochs: 1}}\n"
+    )
+    splits = {}
+    for tag, seed, data in (
+        ("a", 0, "data: {source: digits, subset: 200}\n"),
+        ("b", 1, "data: {source: digits, subset: 200}\n"),
+        ("c", 1, "data: {source: digits, subset: 200, split_seed: 0}\n"),
+    ):
+        f = tmp_path / f"{tag}.yaml"
+        f.write_text(f"{body}seed: {seed}\n{data}")
+        r = cli("run", f, "--run-dir", tmp_path / tag, "--quiet")
+        assert r.exit_code == 0, r.output
+        splits[tag] = json.loads((tmp_path / tag / "data" / "splits.json").read_text())
+        assert splits[tag]["meta"]["seed"] == (0 if tag != "b" else 1)
+    assert splits["c"]["test"] == splits["a"]["test"]
+    assert splits["b"]["test"] != splits["a"]["test"]
