@@ -43,10 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def executed_macs(model: torch.nn.Module, seq: int) -> tuple[int, int]:
     """MACs per example as the model counts them and as the torch-compile runtime executes them."""
     from compress.models.stats import count_macs
-    from compress.runtime.torch_compile import inference_rewrite
+    from compress.runtime.torch_compile import TorchCompileSession
 
     ids = torch.randint(1000, 2000, (2, seq), generator=torch.Generator().manual_seed(0))
-    return count_macs(model, ids), count_macs(inference_rewrite(model).model, ids)
+    return count_macs(model, ids), count_macs(TorchCompileSession.executed_model(model), ids)
 
 
 def bench_model(path: Path, target: Any, args: argparse.Namespace, macs: int) -> dict[str, Any]:

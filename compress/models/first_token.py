@@ -23,8 +23,8 @@ Only what is exactly equivalent is rewritten, and the model is otherwise left as
 * the last layer in BERT's layout (``attention.self``, ``attention.output``, ``intermediate``,
   ``output``), not a decoder layer and without cross-attention;
 * its self-attention plain (``fuse_qkv``'s conditions: plain ``nn.Linear`` projections, not exposed, so
-  not fake-quantized) or already fused by ``fuse_qkv``, with the ``sdpa`` or ``eager`` attention function
-  (the two whose 4-D masks are sliced here to the first query row).
+  not fake-quantized; the rewrite then fuses it) or already fused by ``fuse_qkv``, with the ``sdpa`` or
+  ``eager`` attention function (the two whose 4-D masks are sliced to the first query row).
 
 A model under this rewrite does fewer MACs (a pruned 2-layer MiniLM at 128 tokens 37 % fewer:
 benchmarks/gpu_floor_by_batch.py); the roofline floor that ``compress bench`` and the validate stage report
@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.models.fused_qkv import FusedQKVSelfAttention, _eager_attention, fusable
+from compress.models.fused_qkv import FusedQKVSelfAttention, fusable, fused
 
 FIRST_TOKEN_HEADS = frozenset(
     {
@@ -67,7 +67,9 @@ class FirstTokenLayer(nn.Module):
     """A BERT-layout encoder layer whose output is its first token's only: ``(B, 1, hidden)``.
 
     Attributes:
-        layer: The library's layer; its weights are used as they are (shared, not copied).
+        layer: The library's layer, its self-attention a ``FusedQKVSelfAttention`` (which computes the
+            first token's query and every token's keys and values in one GEMM); its other weights are used
+            as they are (shared, not copied).
     """
 
     def __init__(self, layer: nn.Module) -> None:
@@ -87,37 +89,10 @@ class FirstTokenLayer(nn.Module):
                 "FirstTokenLayer is an encoder layer: it takes no encoder states and no key/value cache"
             )
         kwargs.pop("encoder_attention_mask", None)
-        sa = self.layer.attention.self
-        b, t, _ = hidden_states.shape
         first = hidden_states[:, :1]
-        if isinstance(sa, FusedQKVSelfAttention):
-            q, k, v = sa.qkv(hidden_states).split(sa.split, dim=-1)
-            q = q[:, :1]
-            functions, eager = sa._functions, sa._eager
-        else:
-            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-            q, k, v = sa.query(first), sa.key(hidden_states), sa.value(hidden_states)
-            functions, eager = ALL_ATTENTION_FUNCTIONS, _eager_attention(sa)
-        hd = sa.attention_head_size
-        q = q.reshape(b, 1, -1, hd).transpose(1, 2)
-        k = k.reshape(b, t, -1, hd).transpose(1, 2)
-        v = v.reshape(b, t, -1, hd).transpose(1, 2)
-        mask = attention_mask
-        if mask is not None and mask.dim() == 4 and mask.shape[-2] != 1:
-            mask = mask[:, :, :1]  # the first query row (a (B, 1, T, T) mask; (B, 1, 1, T) broadcasts)
-        attention = functions.get_interface(sa.config._attn_implementation, eager)
-        context, _ = attention(
-            sa,
-            q,
-            k,
-            v,
-            mask,
-            dropout=0.0 if not sa.training else sa.dropout.p,
-            scaling=sa.scaling,
-            **kwargs,
-        )
-        out = self.layer.attention.output(context.reshape(b, 1, -1).contiguous(), first)
+        # a FusedQKVSelfAttention: ``first_token_last_layer`` fuses the layer's attention if it is not yet
+        context, _ = self.layer.attention.self(hidden_states, attention_mask, query_rows=1, **kwargs)
+        out = self.layer.attention.output(context, first)
         return self.layer.output(self.layer.intermediate(out), out)
 
 
@@ -168,5 +143,6 @@ def first_token_last_layer(model: nn.Module) -> bool:
     if not first_token_rewritable(model):
         return False
     layers, last = _last_layer(model)  # type: ignore[misc]  # checked just above
+    last.attention.self = fused(last.attention.self)  # the layer attends through the fused module
     layers[len(layers) - 1] = FirstTokenLayer(last)
     return True

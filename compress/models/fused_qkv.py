@@ -103,17 +103,28 @@ class FusedQKVSelfAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         past_key_values: Any = None,
         encoder_hidden_states: torch.Tensor | None = None,
+        *,
+        query_rows: int | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``query_rows``: attend from the first this many positions only (keys and values: all of them);
+        the context is then ``(B, query_rows, all_head_size)``. A 4-D mask (``sdpa``, ``eager``) is sliced
+        to those query rows; ``compress.models.first_token`` uses it for a classifier's last layer."""
         if past_key_values is not None or encoder_hidden_states is not None:
             raise RuntimeError(
                 "FusedQKVSelfAttention is an encoder self-attention: it takes no key/value cache and no "
                 "encoder states (fuse_qkv leaves decoders and cross-attention unfused)"
             )
-        input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.attention_head_size)
+        b, t = hidden_states.shape[:-1]
         q, k, v = self.qkv(hidden_states).split(self.split, dim=-1)
-        q, k, v = (t.view(hidden_shape).transpose(1, 2) for t in (q, k, v))
+        rows = t if query_rows is None else query_rows
+        if rows != t:
+            q = q[:, :rows]
+            if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] != 1:
+                attention_mask = attention_mask[:, :, :rows]  # (B, 1, T, T); a (B, 1, 1, T) mask broadcasts
+        hd = self.attention_head_size
+        q = q.reshape(b, rows, -1, hd).transpose(1, 2)
+        k, v = (x.view(b, t, -1, hd).transpose(1, 2) for x in (k, v))
         attention = self._functions.get_interface(self.config._attn_implementation, self._eager)
         out, weights = attention(
             self,
@@ -125,7 +136,7 @@ class FusedQKVSelfAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        return out.reshape(*input_shape, -1).contiguous(), weights
+        return out.reshape(b, rows, -1).contiguous(), weights
 
 
 def _eager_attention(attn: nn.Module) -> Callable[..., Any] | None:
@@ -171,9 +182,18 @@ def fuse_qkv(model: nn.Module) -> int:
     """
     names = fusable_attentions(model)
     for name in names:
-        attn = model.get_submodule(name)
         parent_name, _, child = name.rpartition(".")
-        eager = _eager_attention(attn)
-        assert eager is not None  # checked by fusable
-        setattr(model.get_submodule(parent_name), child, FusedQKVSelfAttention(attn, eager))
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, fused(getattr(parent, child)))
     return len(names)
+
+
+def fused(attn: nn.Module) -> FusedQKVSelfAttention:
+    """``attn`` as a ``FusedQKVSelfAttention`` (itself if it already is one); ``attn`` must be ``fusable``."""
+    if isinstance(attn, FusedQKVSelfAttention):
+        return attn
+    if not fusable(attn):
+        raise ValueError(f"{type(attn).__name__} cannot be fused exactly (see fusable)")
+    eager = _eager_attention(attn)
+    assert eager is not None  # checked by fusable
+    return FusedQKVSelfAttention(attn, eager)
