@@ -23,6 +23,7 @@ from the 6-layer teacher except A):
      torch-compile runtime's first-token rewrite the last layer's FFN and output projection cost almost
      nothing, so this spends no accuracy on work the runtime skips; at 128 tokens it executes about the
      MACs of H (153M against 142M, counted on magnitude-pruned copies), with the last layer whole
+  J  as I with longer training: KD + hidden states 16 epochs, recovery 4 epochs a step
 
 Seeds. Session 13 found the drop of one recipe spread over 0.5 points across seeds (0.79-1.29,
 docs/results/pipelines-h100/README.md), larger than most differences between the variants above, which
@@ -99,6 +100,13 @@ VARIANTS: dict[str, tuple[list[int], list[dict[str, Any]]]] = {
         [
             distill(10, {**KD, "hidden": {"weight": 1.0}}),
             prune(0.29, 3, ignored=["net.bert.encoder.layer.1.*"]),
+        ],
+    ),
+    "J-l15-kdhid16-p29-layer0-r4": (
+        [1, 5],
+        [
+            distill(16, {**KD, "hidden": {"weight": 1.0}}),
+            prune(0.29, 4, ignored=["net.bert.encoder.layer.1.*"]),
         ],
     ),
 }
