@@ -222,6 +222,15 @@ class AccuracyGateConfig(CompressConfig):
 
     max_drop: float = Field(ge=0, le=1, description="Allowed drop, as a fraction (0.01 = one point).")
     relative: bool = Field(False, description="Drop relative to the teacher's accuracy instead of absolute.")
+    confidence: float | None = Field(
+        None,
+        gt=0.5,
+        lt=1,
+        description="Judge the drop's one-sided upper confidence bound at this level (e.g. 0.95) instead of "
+        "the measured drop, from the paired counts of teacher and artifact on the split: passes only when "
+        "the drop is within budget with that confidence. Unset: the measured drop; the report shows its "
+        "95 % interval either way.",
+    )
 
 
 class AgreementGateConfig(CompressConfig):

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress.config.schema import GatesConfig
+from compress.config.schema import AccuracyGateConfig, GatesConfig
+from compress.report.confidence import PairedCounts
 
 
 def _gate(name: str, passed: bool, measured: Any, budget: Any, message: str) -> dict[str, Any]:
@@ -91,33 +92,7 @@ def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[st
         rel, why = _release(tname, t)
         teacher = (t.get("models") or {}).get("teacher")
         if gates.accuracy is not None:
-            g = gates.accuracy
-            name = f"accuracy[{tname}]"
-            budget = {"max_drop": g.max_drop, "relative": g.relative}
-            if (
-                rel is None
-                or teacher is None
-                or rel.get("accuracy") is None
-                or teacher.get("accuracy") is None
-            ):
-                results.append(
-                    _gate(name, False, None, budget, why or "accuracy of teacher or artifact missing")
-                )
-            else:
-                drop = teacher["accuracy"] - rel["accuracy"]
-                if g.relative:
-                    drop = drop / teacher["accuracy"] if teacher["accuracy"] > 0 else float("inf")
-                ok = drop <= g.max_drop + 1e-12
-                results.append(
-                    _gate(
-                        name,
-                        ok,
-                        round(drop, 6),
-                        budget,
-                        f"{t.get('release_artifact')} accuracy {rel['accuracy']:.4f} vs teacher {teacher['accuracy']:.4f}: "
-                        f"drop {drop:.4f} {'<=' if ok else '>'} {g.max_drop}",
-                    )
-                )
+            results.append(_accuracy_gate(gates.accuracy, tname, t, rel, teacher, why))
         if gates.agreement is not None:
             name = f"agreement[{tname}]"
             val = None if rel is None else rel.get("agreement")
@@ -229,4 +204,64 @@ def _peak_memory_gate(
         round(val, 3),
         budget,
         f"{t.get('release_artifact')} {key} {val:.1f} MB {'<=' if ok else '>'} {g.max_mb} MB",
+    )
+
+
+def _accuracy_gate(
+    g: AccuracyGateConfig,
+    tname: str,
+    t: dict[str, Any],
+    rel: dict[str, Any] | None,
+    teacher: dict[str, Any] | None,
+    why: str,
+) -> dict[str, Any]:
+    """``accuracy[<target>]``: the release artifact's drop against the teacher on the same split.
+
+    The message carries the drop's 95 % interval from the paired counts (``compress.report.confidence``);
+    with ``confidence`` the upper bound at that level is judged, and a run without the counts fails closed.
+    """
+    name = f"accuracy[{tname}]"
+    budget: dict[str, Any] = {"max_drop": g.max_drop, "relative": g.relative}
+    if g.confidence is not None:
+        budget["confidence"] = g.confidence
+    if rel is None or teacher is None or rel.get("accuracy") is None or teacher.get("accuracy") is None:
+        return _gate(name, False, None, budget, why or "accuracy of teacher or artifact missing")
+    teacher_acc = teacher["accuracy"]
+    # a relative drop divides by the teacher's accuracy (taken as exact: its own noise is left out)
+    scale = 1.0
+    if g.relative:
+        scale = 1 / teacher_acc if teacher_acc > 0 else float("inf")
+    drop = (teacher_acc - rel["accuracy"]) * scale
+    paired = PairedCounts.from_dict(rel.get("paired"))
+    what = (
+        f"{t.get('release_artifact')} accuracy {rel['accuracy']:.4f} vs teacher {teacher_acc:.4f}: "
+        f"drop {drop:.4f}"
+    )
+    if paired is not None:
+        low, high = paired.interval(0.95)
+        what += (
+            f" (95 % interval {low * scale:.4f} to {high * scale:.4f}"
+            f" over {paired.examples:,} paired examples)"
+        )
+    if g.confidence is None:
+        ok = drop <= g.max_drop + 1e-12
+        return _gate(name, ok, round(drop, 6), budget, f"{what} {'<=' if ok else '>'} {g.max_drop}")
+    if paired is None:
+        return _gate(
+            name,
+            False,
+            round(drop, 6),
+            budget,
+            f"{what}; confidence {g.confidence} needs the paired counts of teacher and artifact, which this "
+            "run's validate stage did not record: delete the validate stage's folder under the run "
+            "directory's stages/ and run the pipeline again (the other stages stay cached)",
+        )
+    bound = paired.upper_bound(g.confidence) * scale
+    ok = bound <= g.max_drop + 1e-12
+    return _gate(
+        name,
+        ok,
+        round(drop, 6),
+        budget,
+        f"{what}; upper {g.confidence * 100:g} % bound {bound:.4f} {'<=' if ok else '>'} {g.max_drop}",
     )

@@ -51,7 +51,11 @@ Metrics (read by the gates and the report)::
                                "roofline": {"macs_per_example": .., "bytes_moved": ..,
                                             "by_batch": {"32": {"floor_ms": .., "p95_over_floor": ..}}},
                                "path": "stages/05-validate/teacher.fp32.onnx", "precision": "fp32"},
-                   "onnx-fp32": {...}, "onnx-int8-u8": {...}}}}}
+                   "onnx-fp32": {...},
+                   "onnx-int8-u8": {...,
+                                    "paired": {"examples": 360, "teacher_only": 4, "artifact_only": 1}}}}}}
+                   # paired (artifacts only): where only one of teacher and artifact is right, the counts
+                   # of the accuracy gate's confidence interval (compress.report.confidence)
 
 Example (pipeline YAML)::
 
@@ -84,6 +88,7 @@ from compress.bench import (
 from compress.errors import BadInputError, CompressError, ConfigError, UnknownNameError
 from compress.export import export_onnx
 from compress.export.parity import as_numpy_input
+from compress.report.confidence import PairedCounts
 from compress.runtime import RUNTIMES, Session
 from compress.stages.base import Stage, StageConfig, StageContext, StageResult, register_stage
 
@@ -259,6 +264,9 @@ class ValidateStage(Stage):
             if model_name == TEACHER:
                 teacher_preds = preds
             entry["agreement"] = None if teacher_preds is None else float(np.mean(preds == teacher_preds))
+            if teacher_preds is not None and model_name != TEACHER:
+                # who is right where the two differ: the accuracy gate's confidence interval
+                entry["paired"] = PairedCounts.of(split.labels, teacher_preds, preds).to_dict()
             entry["size_mb"] = _size_mb(source)
             entry["path"] = rel_path
             entry["precision"] = precision

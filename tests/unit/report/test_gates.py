@@ -142,3 +142,48 @@ def test_a_gate_a_stage_declared_is_judged_with_the_others():
     assert res["agreement[cpu-ort]"]["passed"] is True
     gate["passed"] = True
     assert all(r["passed"] for r in evaluate_gates(gates(agreement={"min": 0.9}), m))
+
+
+def with_paired(m, examples=11766, teacher_only=600, artifact_only=483):
+    m["stages"][0]["metrics"]["targets"]["cpu-ort"]["models"]["onnx-int8-u8"]["paired"] = {
+        "examples": examples, "teacher_only": teacher_only, "artifact_only": artifact_only
+    }
+    return m
+
+
+def test_accuracy_gate_reports_the_95_percent_interval_and_judges_the_measured_drop():
+    # drop (600 - 483) / 11766 = 0.0099, se sqrt((1083 / 11766 - 0.0099^2) / 11766) = 0.0028:
+    # within 1 point as measured, not with 95 % confidence
+    m = with_paired(manifest(teacher_acc=0.8721, rel_acc=0.8721 - 117 / 11766))
+    r = evaluate_gates(gates(accuracy={"max_drop": 0.01}), m)[0]
+    assert r["passed"]
+    assert r["measured"] == round(117 / 11766, 6)
+    assert "95 % interval 0.0045 to 0.0154 over 11,766 paired examples" in r["message"], r["message"]
+
+
+def test_accuracy_gate_with_confidence_judges_the_upper_bound():
+    m = with_paired(manifest(teacher_acc=0.8721, rel_acc=0.8721 - 117 / 11766))
+    r = evaluate_gates(gates(accuracy={"max_drop": 0.01, "confidence": 0.95}), m)[0]
+    assert not r["passed"]
+    assert r["budget"] == {"max_drop": 0.01, "relative": False, "confidence": 0.95}
+    assert "upper 95 % bound 0.0145 > 0.01" in r["message"], r["message"]
+    # a clear margin passes: drop 0.3 points, upper bound about 0.75
+    m = manifest(teacher_acc=0.8721, rel_acc=0.8721 - 35 / 11766)
+    m = with_paired(m, teacher_only=540, artifact_only=505)
+    assert evaluate_gates(gates(accuracy={"max_drop": 0.01, "confidence": 0.95}), m)[0]["passed"]
+
+
+def test_accuracy_confidence_scales_with_a_relative_budget():
+    m = with_paired(manifest(teacher_acc=0.5, rel_acc=0.5 - 117 / 11766))
+    r = evaluate_gates(gates(accuracy={"max_drop": 0.025, "relative": True, "confidence": 0.95}), m)[0]
+    assert "upper 95 % bound 0.0291 > 0.025" in r["message"], r["message"]  # 0.01455 / 0.5
+    assert not r["passed"]
+
+
+def test_accuracy_confidence_without_paired_counts_fails_closed():
+    r = evaluate_gates(gates(accuracy={"max_drop": 0.5, "confidence": 0.9}), manifest())[0]
+    assert not r["passed"]
+    assert "needs the paired counts" in r["message"]
+    assert "validate stage" in r["message"]
+    # without confidence the same manifest is judged on the measured drop, as before
+    assert evaluate_gates(gates(accuracy={"max_drop": 0.5}), manifest())[0]["passed"]

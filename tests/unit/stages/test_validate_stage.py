@@ -223,3 +223,21 @@ def test_artifacts_choice_limits_what_each_target_measures(run: dict[str, Any], 
     cfg = ValidateStageConfig(targets=["cpu-ort"], artifacts=choice, roofline=False)
     models = ValidateStage().run(ctx, cfg).metrics["targets"]["cpu-ort"]["models"]
     assert list(models) == expected  # the release artifact is always measured; a list adds to it
+
+
+def test_paired_counts_of_an_artifact_that_differs_from_the_teacher(run: dict[str, Any]) -> None:
+    """Who is right where teacher and artifact differ: the counts the accuracy gate's interval is made of."""
+    other = tiny_vit(seed=1).eval()  # another random model: disagrees with the teacher on most examples
+    export_onnx(other, run["root"] / "artifacts" / "other.fp32.onnx", run["data"].tensors("val")[0][:2])
+    art = Artifact("onnx-other", "artifacts/other.fp32.onnx", "onnx", "fp32")
+    ctx = _ctx(run, {"cpu-ort": _target(artifact="onnx-other")}, [art], stage="05-validate")
+    t = ValidateStage().run(ctx, ValidateStageConfig(targets=["cpu-ort"])).metrics["targets"]["cpu-ort"]
+    teacher, m = t["models"]["teacher"], t["models"]["onnx-other"]
+    assert "paired" not in teacher
+    p = m["paired"]
+    n = len(run["data"].tensors("test")[1])
+    assert p["examples"] == n
+    assert p["teacher_only"] + p["artifact_only"] > 0
+    drop = teacher["accuracy"] - m["accuracy"]
+    assert (p["teacher_only"] - p["artifact_only"]) / n == pytest.approx(drop, abs=1e-9)
+    assert p["teacher_only"] + p["artifact_only"] <= round((1 - m["agreement"]) * n)  # only where they differ
