@@ -27,7 +27,14 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from compress.report.markdown import build_metrics, manifest_split, roofline_at, roofline_cells, timed_shape
+from compress.report.markdown import (
+    build_metrics,
+    drop_sentence,
+    manifest_split,
+    roofline_at,
+    roofline_cells,
+    timed_shape,
+)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1200px;
@@ -383,6 +390,8 @@ def render_html(manifest: dict[str, Any]) -> str:
         if tv.get("sequence_length_note"):
             parts.append(f'<p class="note">Note: {_e(tv["sequence_length_note"])}.</p>')
         parts.append(_target_table(tv.get("models") or {}, tv))
+        if drops := drop_sentence(tv.get("models") or {}):
+            parts.append(f"<p>{_e(drops)}</p>")
         parts.extend(plots.get(f"target:{tname}", []))
     if plots.get("training"):
         parts.append("<h2>Training curves</h2>")

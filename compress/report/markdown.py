@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from compress._utils.io import atomic_write_json, atomic_write_text
+from compress.report.confidence import PairedCounts
 from compress.report.gates import collect_targets
 from compress.report.junit import write_junit
 
@@ -129,6 +130,8 @@ def render_markdown(manifest: dict[str, Any]) -> str:
                 floor, ratio = roofline_cells(roofs[name])
                 row += f" {floor} | {ratio} |"
             lines.append(row)
+        if drops := drop_sentence(models):
+            lines += ["", drops]
         if with_roof:
             lines += [
                 "",
@@ -158,6 +161,26 @@ def roofline_cells(roof: dict[str, Any]) -> tuple[str, str]:
     floor = f"{roof['floor_ms']:.4f} ({roof['bound']})" if roof else "–"
     ratio = _fmt(roof.get("p95_over_floor"), ".1f") + "x" if roof.get("p95_over_floor") is not None else "–"
     return floor, ratio
+
+
+def drop_sentence(models: dict[str, Any]) -> str:
+    """One sentence: each artifact's accuracy drop against the teacher, in points, with its 95 % interval.
+
+    From the paired counts validate records (``compress.report.confidence``); empty when none has them.
+    """
+    counted = [(name, PairedCounts.from_dict(mv.get("paired"))) for name, mv in models.items()]
+    parts, examples = [], 0
+    for name, paired in counted:
+        if paired is not None:
+            low, high = paired.interval(0.95)
+            parts.append(f"{name} {100 * paired.drop:.2f} ({100 * low:.2f} to {100 * high:.2f})")
+            examples = paired.examples
+    if not parts:
+        return ""
+    return (
+        f"Accuracy drop against the teacher in points, with its 95 % interval over the {examples:,} "
+        "paired examples: " + "; ".join(parts) + "."
+    )
 
 
 def timed_shape(batch: int | str, target: dict[str, Any]) -> str:

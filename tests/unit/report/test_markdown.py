@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+from compress.report.html import render_html
 from compress.report.markdown import render_markdown
 from tests.unit.report.test_html import fixture_manifest
 
@@ -35,3 +36,21 @@ def test_target_table_without_roofline_has_no_floor_columns():
             entry.pop("roofline", None)
     section = _target_section(render_markdown(manifest), "cpu-ort")
     assert "floor" not in section
+
+
+def test_target_section_states_each_artifacts_drop_with_its_interval():
+    manifest = copy.deepcopy(fixture_manifest())
+    models = manifest["stages"][2]["metrics"]["targets"]["cpu-ort"]["models"]
+    md = render_markdown(manifest)
+    assert "95 % interval" not in md  # a run made before validate recorded the counts
+    # teacher 0.94, onnx-int8 0.92 over 1,000 examples: 40 only the teacher gets right, 20 only the artifact
+    models["onnx-int8"]["paired"] = {"examples": 1000, "teacher_only": 40, "artifact_only": 20}
+    section = _target_section(render_markdown(manifest), "cpu-ort")
+    # se = sqrt((60 / 1000 - 0.02^2) / 1000) = 0.00772; 1.96 se = 1.51 points
+    assert (
+        "Accuracy drop against the teacher in points, with its 95 % interval over the 1,000 paired "
+        "examples: onnx-int8 2.00 (0.49 to 3.51)."
+    ) in section
+    assert "onnx-fp32 " not in section.split("Accuracy drop")[1].split("\n")[0]  # no counts, no claim
+    html = render_html(manifest)
+    assert "onnx-int8 2.00 (0.49 to 3.51)" in html
