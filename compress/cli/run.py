@@ -14,6 +14,15 @@ def run(
     file: Annotated[Path, typer.Argument(help="Pipeline YAML.", exists=True, dir_okay=False, readable=True)],
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default runs/<name>/).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached stage results.")] = False,
+    rerun: Annotated[
+        str | None,
+        typer.Option(
+            "--rerun",
+            metavar="STAGE",
+            help="Run STAGE (a kind, e.g. validate, or an id, e.g. 06-validate) and every stage after it "
+            "again; the stages before it stay cached.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (CI logs).")] = False,
     deploy_dir: Annotated[Path | None, typer.Option("--deploy-dir", help="Folder of deploy targets.")] = None,
 ) -> None:
@@ -30,8 +39,8 @@ def run(
 
         loaded = load_config(file, deploy_dir=deploy_dir)
         if distributed.init_from_env():
-            return _run_distributed(loaded, run_dir, fresh=fresh, quiet=quiet)
-        out = run_pipeline(loaded, run_dir=run_dir, fresh=fresh, reporter=Reporter(quiet=quiet))
+            return _run_distributed(loaded, run_dir, fresh=fresh, rerun=rerun, quiet=quiet)
+        out = run_pipeline(loaded, run_dir=run_dir, fresh=fresh, rerun=rerun, reporter=Reporter(quiet=quiet))
         failed = [g for g in out.gates if not g["passed"]]
         for g in failed:
             typer.echo(f"gate FAILED {g['name']}: {g['message']}", err=True)
@@ -46,7 +55,9 @@ def run(
     raise typer.Exit(code=code)
 
 
-def _run_distributed(loaded: object, run_dir: Path | None, *, fresh: bool, quiet: bool) -> int:
+def _run_distributed(
+    loaded: object, run_dir: Path | None, *, fresh: bool, rerun: str | None, quiet: bool
+) -> int:
     """One rank of ``torchrun ... -m compress run``: rank 0 works in the run directory; every other
     rank works in a private copy of it (so all ranks see the same cached stages and take the same
     steps) that is deleted at the end. Training steps are shared through DistributedDataParallel."""
@@ -68,7 +79,13 @@ def _run_distributed(loaded: object, run_dir: Path | None, *, fresh: bool, quiet
         real = target
     distributed.barrier()
     try:
-        out = run_pipeline(loaded, run_dir=real, fresh=fresh, reporter=Reporter(quiet=quiet or scratch is not None))  # type: ignore[arg-type]
+        out = run_pipeline(
+            loaded,  # type: ignore[arg-type]
+            run_dir=real,
+            fresh=fresh,
+            rerun=rerun,
+            reporter=Reporter(quiet=quiet or scratch is not None),
+        )
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

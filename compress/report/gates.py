@@ -253,8 +253,8 @@ def _accuracy_gate(
             round(drop, 6),
             budget,
             f"{what}; confidence {g.confidence} needs the paired counts of teacher and artifact, which this "
-            "run's validate stage did not record: delete the validate stage's folder under the run "
-            "directory's stages/ and run the pipeline again (the other stages stay cached)",
+            "run's validate stage did not record: run it again with `compress run FILE --rerun validate` "
+            "(the stages before it stay cached)",
         )
     bound = paired.upper_bound(g.confidence) * scale
     ok = bound <= g.max_drop + 1e-12

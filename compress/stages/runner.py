@@ -290,6 +290,7 @@ def run_pipeline(
     *,
     run_dir: Path | None = None,
     fresh: bool = False,
+    rerun: str | None = None,
     reporter: Reporter | None = None,
 ) -> RunOutcome:
     """Run a loaded pipeline end to end and gate it.
@@ -298,6 +299,9 @@ def run_pipeline(
         loaded: From ``compress.config.load_config``.
         run_dir: Output folder; default ``runs/<name>``.
         fresh: Ignore cached stage results.
+        rerun: A stage (its kind, e.g. ``validate``, or its id, e.g. ``06-validate``) to run again with
+            every stage after it, even when cached; the stages before it stay cached (e.g. timing again
+            on a quiet machine without training again).
         reporter: Progress output (default: bars on stderr).
 
     Returns:
@@ -319,6 +323,7 @@ def run_pipeline(
     t_start = time.perf_counter()
     # everything that can be bad input is checked before the run directory is touched
     _check_run_dir(run_dir)
+    first_rerun = _rerun_index(loaded, rerun)
     torch.manual_seed(cfg.seed)
     data_env = loaded.data_env(cache_dir=run_dir / "data" / "cache")
     try:
@@ -391,7 +396,8 @@ def run_pipeline(
                 done_path = sdir / "result.json"
                 t0 = time.perf_counter()
                 record: dict[str, Any] | None = None
-                if not fresh and done_path.is_file():
+                stage_fresh = fresh or (first_rerun is not None and i >= first_rerun)
+                if not stage_fresh and done_path.is_file():
                     try:
                         prev = read_json(done_path)
                     except (OSError, ValueError):
@@ -413,7 +419,7 @@ def run_pipeline(
                     status = "cached"
                 else:
                     done_path.unlink(missing_ok=True)
-                    _claim_stage_dir(sdir, key, fresh=fresh)
+                    _claim_stage_dir(sdir, key, fresh=stage_fresh)
                     ctx = StageContext(
                         run_dir=run_dir,
                         stage_dir=sdir,
@@ -515,6 +521,26 @@ def run_pipeline(
             raise
         exit_code = 0 if manifest["verdict"] == "pass" else 1
         return RunOutcome(run_dir=run_dir, exit_code=exit_code, gates=gates, manifest=manifest)
+
+
+def _rerun_index(loaded: LoadedPipeline, rerun: str | None) -> int | None:
+    """The index of the stage ``--rerun`` names (kind or id), or None; bad input names the choices."""
+    if rerun is None:
+        return None
+    ids = [f"{i + 1:02d}-{e.kind}" for i, e in enumerate(loaded.config.stages)]
+    by_id = [i for i, sid in enumerate(ids) if sid == rerun]
+    by_kind = [i for i, e in enumerate(loaded.config.stages) if e.kind == rerun]
+    if by_id:
+        return by_id[0]
+    if len(by_kind) == 1:
+        return by_kind[0]
+    where = f"{loaded.path}: --rerun {rerun}"
+    if by_kind:
+        raise BadInputError(
+            f"{where}: the pipeline has {len(by_kind)} {rerun} stages; name one by its id: "
+            + ", ".join(ids[i] for i in by_kind)
+        )
+    raise BadInputError(f"{where}: no such stage; give a kind or an id of this pipeline: {', '.join(ids)}")
 
 
 def _claim_stage_dir(sdir: Path, key: str, *, fresh: bool) -> None:

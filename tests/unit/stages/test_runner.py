@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from compress.config import load_config
+from compress.errors import BadInputError
 from compress.stages.runner import run_pipeline
 
 PIPE = """\
@@ -130,3 +131,39 @@ def test_stage_dir_of_another_key_is_cleared_before_the_stage_runs(tmp_path):
     assert [s["status"] for s in out.manifest["stages"]] == ["ran", "ran"]
     assert not (sdir / "train.ckpt").exists()
     assert (sdir / "stage.key").read_text().strip() == out.manifest["stages"][1]["key"]
+
+
+def test_rerun_runs_the_named_stage_and_those_after_it_again(tmp_path):
+    prune = "  - prune: {target: {macs: 0.8}, importance: magnitude, recover: {epochs: 1}}\n"
+    p = write(tmp_path, PIPE + prune)
+    rd = tmp_path / "run"
+    first = run_pipeline(load_config(p), run_dir=rd)
+    assert [s["status"] for s in first.manifest["stages"]] == ["ran", "ran", "ran"]
+    by_kind = run_pipeline(load_config(p), run_dir=rd, rerun="distill")
+    assert [s["status"] for s in by_kind.manifest["stages"]] == ["cached", "ran", "ran"]
+    # same seed, same bytes
+    assert hashes(rd) == [(s["id"], s["files"]) for s in first.manifest["stages"]]
+    by_id = run_pipeline(load_config(p), run_dir=rd, rerun="03-prune")
+    assert [s["status"] for s in by_id.manifest["stages"]] == ["cached", "cached", "ran"]
+
+
+def test_rerun_of_a_stage_the_pipeline_lacks_is_bad_input_before_any_work(tmp_path):
+    p = write(tmp_path, PIPE + "  - distill: {train: {epochs: 1, lr: 0.005}}\n")
+    rd = tmp_path / "run"
+    lacks = r"--rerun validate: no such stage.*01-finetune, 02-distill, 03-distill"
+    with pytest.raises(BadInputError, match=lacks):
+        run_pipeline(load_config(p), run_dir=rd, rerun="validate")
+    with pytest.raises(BadInputError, match=r"2 distill stages; name one by its id: 02-distill, 03-distill"):
+        run_pipeline(load_config(p), run_dir=rd, rerun="distill")
+    assert not rd.exists()
+
+
+def test_cli_rerun_of_an_unknown_stage_exits_2_without_a_traceback(tmp_path):
+    from tests.unit.reliability.conftest import cli
+
+    p = write(tmp_path)
+    r = cli("run", p, "--run-dir", tmp_path / "run", "--quiet", "--rerun", "export")
+    assert r.exit_code == 2
+    expected = "--rerun export: no such stage; give a kind or an id of this pipeline: 01-finetune, 02-distill"
+    assert expected in r.stderr
+    assert "Traceback" not in r.stderr
