@@ -8,8 +8,8 @@ every variant below as a ``distill -> prune`` pipeline against that checkpoint, 
 processes (one GPU holds them: small models leave it mostly idle), and writes a table of the distilled
 and pruned students' test accuracy against the teacher's.
 
-Variants (all prune to half the MACs except G; taylor importance, 3 steps, round_to 8; recovery by KD
-from the 6-layer teacher except A):
+Variants (all prune to half the MACs except G and I-L; taylor importance, 3 steps except L, round_to 8;
+recovery by KD from the 6-layer teacher except A):
 
   A  layers 2, 5; KD 6 epochs; recover 2 epochs a step from the unpruned student (session 11's recipe)
   B  layers 2, 5; KD 10 epochs; recover 2 epochs a step
@@ -18,12 +18,18 @@ from the 6-layer teacher except A):
   E  layers 0, 2, 4 (3 layers); KD 6 epochs; prune drops the least important layer, then to 2/3 of the MACs
   F  layers 1, 5; KD 10 epochs; recover 3
   G  layers 2, 5; KD 10 epochs; prune 40 % only; recover 3
-  H  layers 1, 5; KD + hidden states 10 epochs; recover 3: the recipe of pipelines/wordnet-minilm-gpu-l2.yaml
+  H  layers 1, 5; KD + hidden states 10 epochs; recover 3: the l2 pipeline's recipe in sessions 12-13
   I  as H, but only layer 0 is pruned (``ignored_layers``: the last layer), to 29 % of the MACs. Under the
      torch-compile runtime's first-token rewrite the last layer's FFN and output projection cost almost
      nothing, so this spends no accuracy on work the runtime skips; at 128 tokens it executes about the
      MACs of H (153M against 142M, counted on magnitude-pruned copies), with the last layer whole
-  J  as I with longer training: KD + hidden states 16 epochs, recovery 4 epochs a step
+  J  as I with longer training: KD + hidden states 16 epochs, recovery 4 epochs a step: the recipe of
+     pipelines/wordnet-minilm-gpu-l2.yaml since session 14 (docs/results/distill-h100/l2-study-seeds)
+  K  as J, plus MiniLMv2's Q-Q/K-K/V-V relations between the last layers (teacher 6, student 2) in the
+     distillation (not run yet)
+  L  as J, but pruned in 6 steps of 2 recovery epochs instead of 3 of 4 (the same 12 epochs; not run yet)
+  M  as J, but each student layer's hidden state is matched to the teacher layer it was copied from
+     (student 1, 2 <- teacher 2, 6; 1-based) instead of the uniform map (teacher 3, 6) (not run yet)
 
 Seeds. Session 13 found the drop of one recipe spread over 0.5 points across seeds (0.79-1.29,
 docs/results/pipelines-h100/README.md), larger than most differences between the variants above, which
@@ -31,7 +37,7 @@ each ran once. ``--seeds 0 1 2`` runs every variant once per training seed on th
 (``data.split_seed: 0``) and reports each seed's drop and their mean.
 
   python benchmarks/student_depth_study.py --out docs/results/distill-h100/l2-study --work /tmp/st
-  python benchmarks/student_depth_study.py --only H I --seeds 0 1 2 --out /tmp/l2-seeds --work /tmp/st-seeds
+  python benchmarks/student_depth_study.py --only H I J --seeds 0 1 2 --out /tmp/r5/study --work /tmp/st
 CPU smoke test (900 examples, one epoch, variants A and F; numbers meaningless):
   python benchmarks/student_depth_study.py --quick --only A F --out /tmp/sds --work /tmp/sds/runs
 """
@@ -70,11 +76,12 @@ def prune(
     teacher: str = "original",
     layers: int | None = None,
     ignored: list[str] | None = None,
+    steps: int = 3,
 ) -> dict[str, Any]:
     p: dict[str, Any] = {
         "target": {"macs": macs},
         "importance": "taylor",
-        "iterative_steps": 3,
+        "iterative_steps": steps,
         "round_to": 8,
         "recover": {"epochs": recover, "train": {"lr": 0.0001, "precision": "bf16"}},
         "teacher": teacher,
@@ -106,6 +113,27 @@ VARIANTS: dict[str, tuple[list[int], list[dict[str, Any]]]] = {
         [1, 5],
         [
             distill(16, {**KD, "hidden": {"weight": 1.0}}),
+            prune(0.29, 4, ignored=["net.bert.encoder.layer.1.*"]),
+        ],
+    ),
+    "K-l15-kdhidv2-16-p29-layer0-r4": (
+        [1, 5],
+        [
+            distill(16, {**KD, "hidden": {"weight": 1.0}, "minilmv2": {"weight": 1.0}}),
+            prune(0.29, 4, ignored=["net.bert.encoder.layer.1.*"]),
+        ],
+    ),
+    "L-l15-kdhid16-p29-layer0-6x2": (
+        [1, 5],
+        [
+            distill(16, {**KD, "hidden": {"weight": 1.0}}),
+            prune(0.29, 2, ignored=["net.bert.encoder.layer.1.*"], steps=6),
+        ],
+    ),
+    "M-l15-kdhidsrc16-p29-layer0-r4": (
+        [1, 5],
+        [
+            distill(16, {**KD, "hidden": {"weight": 1.0, "layer_map": [[0, 0], [1, 2], [2, 6]]}}),
             prune(0.29, 4, ignored=["net.bert.encoder.layer.1.*"]),
         ],
     ),
