@@ -1,5 +1,8 @@
-"""Benchmarks of loaded sessions: latency percentiles, host and GPU memory, roofline floors."""
+"""Benchmarks of loaded sessions: latency percentiles, host and GPU memory, roofline floors, and who else
+used the GPU while it was timed."""
 
+from compress.bench.contention import GpuUse as GpuUse
+from compress.bench.contention import gpu_use as gpu_use
 from compress.bench.latency import LatencyStats as LatencyStats
 from compress.bench.latency import measure_latency as measure_latency
 from compress.bench.memory import GpuMemoryProbe as GpuMemoryProbe

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.bench.contention import gpu_use
 from compress.bench.latency import measure_latency
 from compress.bench.memory import GpuMemoryProbe, measure_memory
 from compress.bench.roofline import device_rates, model_roofline, weight_bytes
@@ -147,6 +148,8 @@ def bench_artifact(
         )
         memory.update(gpu.stop())
         inputs = [s.to_dict() for s in sess.inputs]
+        # who else held the GPU (asked while this process still holds its context)
+        shared = gpu_use(target.device) if target.device.startswith("cuda") else None
     finally:
         sess.close()
     latency = {str(b): s.to_dict() for b, s in stats.items()}
@@ -163,6 +166,10 @@ def bench_artifact(
         "memory": memory,
         "latency": latency,
     }
+    if target.device.startswith("cuda"):
+        out["gpu_use"] = None if shared is None else shared.to_dict()
+        if shared is not None and (note := shared.note()):
+            out["timing_note"] = note
     if roofline:
         out["roofline"] = _roofline(path, fmt, target, latency, macs_per_example, runtime, fed_len)
     return out

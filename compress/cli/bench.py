@@ -132,3 +132,5 @@ def _print_table(out: dict[str, Any]) -> None:
     why = (out.get("roofline") or {}).get("unavailable")
     if why:
         console.print(f"roofline: {why}")
+    if out.get("timing_note"):
+        console.print(f"warning: {out['timing_note']}")

@@ -46,6 +46,11 @@ def _release(tname: str, t: dict[str, Any]) -> tuple[dict[str, Any] | None, str]
     return models[rel], ""
 
 
+def _timing_caveat(t: dict[str, Any]) -> str:
+    """`` (not clean: ...)`` when validate saw another process on the target's GPU while timing."""
+    return f" (not clean: {t['timing_note']})" if t.get("timing_note") else ""
+
+
 def _speedup_gate(
     name: str, budget: float, batch: int, t: dict[str, Any], stats: dict[str, Any] | None, why: str
 ) -> dict[str, Any]:
@@ -70,7 +75,7 @@ def _speedup_gate(
         round(ratio, 4),
         budget,
         f"{t.get('release_artifact')} p95 {stats['p95_ms']:.3f} ms vs teacher {teacher['p95_ms']:.3f} ms: "
-        f"{ratio:.2f}x {'>=' if ok else '<'} {budget}x",
+        f"{ratio:.2f}x {'>=' if ok else '<'} {budget}x{_timing_caveat(t)}",
     )
 
 
@@ -165,7 +170,7 @@ def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[st
                     ok,
                     round(val, 4),
                     v,
-                    f"{t.get('release_artifact')} {key} {val:.3f}{unit} {cmp} {v}{unit}",
+                    f"{t.get('release_artifact')} {key} {val:.3f}{unit} {cmp} {v}{unit}{_timing_caveat(t)}",
                 )
             )
     # gates a stage declared itself (e.g. prune's latency budget): the stage measured, the run gates

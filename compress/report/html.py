@@ -389,6 +389,8 @@ def render_html(manifest: dict[str, Any]) -> str:
             parts.append(f'<p class="bad">{_e(tv["release_missing"])}</p>')
         if tv.get("sequence_length_note"):
             parts.append(f'<p class="note">Note: {_e(tv["sequence_length_note"])}.</p>')
+        if tv.get("timing_note"):
+            parts.append(f'<p class="bad">Warning: {_e(tv["timing_note"])}.</p>')
         parts.append(_target_table(tv.get("models") or {}, tv))
         if drops := drop_sentence(tv.get("models") or {}):
             parts.append(f"<p>{_e(drops)}</p>")

@@ -107,6 +107,8 @@ def render_markdown(manifest: dict[str, Any]) -> str:
         lines += [f"{info}; release artifact `{tv.get('release_artifact')}`; split `{manifest_split(manifest)}`.", ""]
         if tv.get("sequence_length_note"):
             lines += [f"Note: {tv['sequence_length_note']}.", ""]
+        if tv.get("timing_note"):
+            lines += [f"**Warning:** {tv['timing_note']}.", ""]
         models = tv.get("models", {})
         batches = sorted({int(b) for mv in models.values() for b in (mv.get("latency") or {})})
         head = "| model | accuracy | agreement | size (MB) |" + "".join(

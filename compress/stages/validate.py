@@ -78,8 +78,10 @@ from pydantic import Field, field_validator
 from compress._utils.registry import did_you_mean
 from compress.bench import (
     GpuMemoryProbe,
+    GpuUse,
     device_rates,
     gemm_precision,
+    gpu_use,
     measure_latency,
     measure_memory,
     model_roofline,
@@ -251,12 +253,15 @@ class ValidateStage(Stage):
 
         costs = self._costs(ctx, split, runtime) if cfg.roofline else {}
         teacher_preds: np.ndarray | None = None
+        gpu_looks: list[GpuUse | None] = []  # who else held the GPU, looked at after each model's timing
         for model_name, source, rel_path, precision in models:
             try:
                 # runtimes that pick the compute precision at load time (torch, torchao) run artifacts at
                 # the target's precision and the teacher in FP32, on the same runtime and shapes
                 run_precision = "fp32" if model_name == TEACHER else t.precision
                 entry, preds = _measure_model(runtime, source, t.device, t.threads, split, timing, run_precision)
+                if t.device.startswith("cuda"):
+                    gpu_looks.append(gpu_use(t.device))
             except CompressError as e:
                 out["models"][model_name] = {"error": str(e)}
                 ctx.reporter.line(f"  validate {name}: {model_name}: error: {e}")
@@ -285,6 +290,12 @@ class ValidateStage(Stage):
                 f"agreement {agreement}  p95@{shape} {entry['latency'][big]['p95_ms']:.3f} ms  "
                 f"{entry['size_mb']:.3f} MB"
             )
+        if t.device.startswith("cuda"):
+            use = GpuUse.merged(gpu_looks)
+            out["gpu_use"] = None if use is None else use.to_dict()  # None: nvidia-smi could not say
+            if use is not None and (note := use.note()):
+                out["timing_note"] = note
+                ctx.reporter.line(f"  validate {name}: warning: {note}")
         return out
 
     def _costs(

@@ -234,6 +234,7 @@ def test_paired_counts_of_an_artifact_that_differs_from_the_teacher(run: dict[st
     t = ValidateStage().run(ctx, ValidateStageConfig(targets=["cpu-ort"])).metrics["targets"]["cpu-ort"]
     teacher, m = t["models"]["teacher"], t["models"]["onnx-other"]
     assert "paired" not in teacher
+    assert "gpu_use" not in t  # asked on CUDA targets only
     p = m["paired"]
     n = len(run["data"].tensors("test")[1])
     assert p["examples"] == n
