@@ -3,6 +3,7 @@ used the GPU while it was timed."""
 
 from compress.bench.contention import GpuUse as GpuUse
 from compress.bench.contention import gpu_use as gpu_use
+from compress.bench.contention import timing_fields as timing_fields
 from compress.bench.latency import LatencyStats as LatencyStats
 from compress.bench.latency import measure_latency as measure_latency
 from compress.bench.memory import GpuMemoryProbe as GpuMemoryProbe

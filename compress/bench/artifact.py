@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.bench.contention import gpu_use
+from compress.bench.contention import gpu_use, timing_fields
 from compress.bench.latency import measure_latency
 from compress.bench.memory import GpuMemoryProbe, measure_memory
 from compress.bench.roofline import device_rates, model_roofline, weight_bytes
@@ -167,9 +167,7 @@ def bench_artifact(
         "latency": latency,
     }
     if target.device.startswith("cuda"):
-        out["gpu_use"] = None if shared is None else shared.to_dict()
-        if shared is not None and (note := shared.note()):
-            out["timing_note"] = note
+        out.update(timing_fields(shared))
     if roofline:
         out["roofline"] = _roofline(path, fmt, target, latency, macs_per_example, runtime, fed_len)
     return out

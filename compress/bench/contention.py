@@ -61,6 +61,15 @@ class GpuUse:
         )
 
 
+def timing_fields(use: GpuUse | None) -> dict[str, Any]:
+    """What a CUDA target's measurements record: ``gpu_use`` (None: nvidia-smi could not say) and, when
+    another process shared the GPU, ``timing_note``."""
+    out: dict[str, Any] = {"gpu_use": None if use is None else use.to_dict()}
+    if use is not None and (note := use.note()):
+        out["timing_note"] = note
+    return out
+
+
 def parse_compute_apps(text: str, *, gpu_uuid: str | None, own_pid: int) -> GpuUse | None:
     """``GpuUse`` from ``nvidia-smi --query-compute-apps=gpu_uuid,pid,process_name,used_memory
     --format=csv,noheader,nounits`` output; only the rows of ``gpu_uuid`` when given (with or without

@@ -170,10 +170,9 @@ def drop_sentence(models: dict[str, Any]) -> str:
 
     From the paired counts validate records (``compress.report.confidence``); empty when none has them.
     """
-    counted = [(name, PairedCounts.from_dict(mv.get("paired"))) for name, mv in models.items()]
     parts, examples = [], 0
-    for name, paired in counted:
-        if paired is not None:
+    for name, mv in models.items():
+        if (paired := PairedCounts.from_dict(mv.get("paired"))) is not None:
             low, high = paired.interval(0.95)
             parts.append(f"{name} {100 * paired.drop:.2f} ({100 * low:.2f} to {100 * high:.2f})")
             examples = paired.examples

@@ -85,6 +85,7 @@ from compress.bench import (
     measure_latency,
     measure_memory,
     model_roofline,
+    timing_fields,
     weight_bytes,
 )
 from compress.errors import BadInputError, CompressError, ConfigError, UnknownNameError
@@ -291,11 +292,9 @@ class ValidateStage(Stage):
                 f"{entry['size_mb']:.3f} MB"
             )
         if t.device.startswith("cuda"):
-            use = GpuUse.merged(gpu_looks)
-            out["gpu_use"] = None if use is None else use.to_dict()  # None: nvidia-smi could not say
-            if use is not None and (note := use.note()):
-                out["timing_note"] = note
-                ctx.reporter.line(f"  validate {name}: warning: {note}")
+            out.update(timing_fields(GpuUse.merged(gpu_looks)))
+            if "timing_note" in out:
+                ctx.reporter.line(f"  validate {name}: warning: {out['timing_note']}")
         return out
 
     def _costs(
