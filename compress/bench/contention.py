@@ -95,6 +95,16 @@ def parse_compute_apps(text: str, *, gpu_uuid: str | None, own_pid: int) -> GpuU
     return GpuUse(processes=others, others=len(others) if mine else len(procs) - 1)
 
 
+def _device_uuid(index: int) -> str | None:
+    """The UUID of CUDA device ``index`` (this process's numbering), or None without CUDA."""
+    try:
+        import torch
+
+        return str(torch.cuda.get_device_properties(index).uuid)
+    except Exception:  # an old torch without .uuid, or no CUDA: the caller reads every GPU's rows
+        return None
+
+
 def gpu_use(device: str | int = "cuda") -> GpuUse | None:
     """The compute processes on a CUDA device (``"cuda"``, ``"cuda:1"`` or an index, in this process's
     numbering), or None when ``nvidia-smi`` is missing, fails, or lists none."""
@@ -102,13 +112,7 @@ def gpu_use(device: str | int = "cuda") -> GpuUse | None:
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
-    uuid = None
-    try:
-        import torch
-
-        uuid = str(torch.cuda.get_device_properties(device_index).uuid)
-    except Exception:  # an old torch without .uuid, or no CUDA: read every GPU's rows
-        uuid = None
+    uuid = _device_uuid(device_index)
     try:
         res = subprocess.run(
             [exe, QUERY, "--format=csv,noheader,nounits"],

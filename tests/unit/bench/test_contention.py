@@ -84,9 +84,12 @@ def test_no_nvidia_smi_or_a_failing_one_is_unknown(monkeypatch: pytest.MonkeyPat
         )
 
     monkeypatch.setattr(contention.subprocess, "run", listing)
-    use = gpu_use("cuda:0")  # no CUDA here: every GPU's rows count
+    monkeypatch.setattr(contention, "_device_uuid", lambda _: None)
+    use = gpu_use("cuda:0")  # the device's UUID unknown (no CUDA): every GPU's rows count
     assert use is not None
     assert use.others == 1
+    monkeypatch.setattr(contention, "_device_uuid", lambda _: "GPU-0000-other")
+    assert gpu_use("cuda:0") is None  # rows of another GPU only: nothing listed on this one
 
 
 def _manifest(note: str | None) -> dict:
