@@ -30,6 +30,10 @@ recovery by KD from the 6-layer teacher except A):
   L  as J, but pruned in 6 steps of 2 recovery epochs instead of 3 of 4 (the same 12 epochs; not run yet)
   M  as J, but each student layer's hidden state is matched to the teacher layer it was copied from
      (student 1, 2 <- teacher 2, 6; 1-based) instead of the uniform map (teacher 3, 6) (not run yet)
+  N  as J, but in half of the examples of each distillation and recovery batch every content token
+     becomes [MASK] with probability 0.15, teacher and student seeing the same masked text
+     (TinyBERT-style KD on perturbed inputs, ``augment: {examples: 0.5, mask: 0.15}``;
+     docs/distillation.md) (not run yet)
 
 Seeds. Session 13 found the drop of one recipe spread over 0.5 points across seeds (0.79-1.29,
 docs/results/pipelines-h100/README.md), larger than most differences between the variants above, which
@@ -64,10 +68,16 @@ from distill_real import TASKS, finetune_teacher  # noqa: E402
 
 TASK = TASKS["wordnet-minilm"]  # teacher, data and teacher training of distill_real's WordNet task
 KD = {"kd": {"temperature": 2, "weight": 0.9}, "ce": {"weight": 0.1}}
+AUGMENT = {"examples": 0.5, "mask": 0.15}  # variant N: KD on masked inputs
 
 
-def distill(epochs: int, losses: dict[str, Any] = KD) -> dict[str, Any]:
-    return {"distill": {"train": {"epochs": epochs, "lr": 0.0002, "precision": "bf16"}, "losses": losses}}
+def distill(
+    epochs: int, losses: dict[str, Any] = KD, augment: dict[str, float] | None = None
+) -> dict[str, Any]:
+    d: dict[str, Any] = {"train": {"epochs": epochs, "lr": 0.0002, "precision": "bf16"}, "losses": losses}
+    if augment is not None:
+        d["augment"] = augment
+    return {"distill": d}
 
 
 def prune(
@@ -77,6 +87,7 @@ def prune(
     layers: int | None = None,
     ignored: list[str] | None = None,
     steps: int = 3,
+    augment: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     p: dict[str, Any] = {
         "target": {"macs": macs},
@@ -90,6 +101,8 @@ def prune(
         p["layers"] = {"drop": layers}
     if ignored:
         p["ignored_layers"] = ignored
+    if augment is not None:
+        p["recover"]["augment"] = augment
     return {"prune": p}
 
 
@@ -135,6 +148,13 @@ VARIANTS: dict[str, tuple[list[int], list[dict[str, Any]]]] = {
         [
             distill(16, {**KD, "hidden": {"weight": 1.0, "layer_map": [[0, 0], [1, 2], [2, 6]]}}),
             prune(0.29, 4, ignored=["net.bert.encoder.layer.1.*"]),
+        ],
+    ),
+    "N-l15-kdhid16aug-p29-layer0-r4": (
+        [1, 5],
+        [
+            distill(16, {**KD, "hidden": {"weight": 1.0}}, augment=AUGMENT),
+            prune(0.29, 4, ignored=["net.bert.encoder.layer.1.*"], augment=AUGMENT),
         ],
     ),
 }

@@ -9,17 +9,25 @@ model unless they give their own ``student:``. Each stage picks its own teacher
 the stage) and its own ``losses:`` (KD, CE, DKD, hidden states, TinyBERT attention,
 MiniLM, MiniLMv2, DistilBERT cosine; ``compress.distill.config``), so several stages
 in a row give ERNIE-Tiny-style progressive distillation (docs/distillation.md).
+``augment:`` perturbs part of each training batch of token ids (masked or replaced
+tokens) and distils on it, teacher included (TinyBERT-style; ``compress.distill.augment``).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
 from compress.config.schema import ModelSourceConfig, StudentConfig, data_union
-from compress.distill import DistillObjective, LossesConfig
+from compress.distill import (
+    AugmentedObjective,
+    DistillObjective,
+    LossesConfig,
+    TokenAugmentConfig,
+    augmenter_for,
+)
 from compress.distill.student import build_student
 from compress.errors import StageError
 from compress.stages.base import Stage, StageConfig, StageContext, StageResult, register_stage
@@ -55,6 +63,24 @@ class DistillStageConfig(StageConfig):
             "format. With other classes than the task's, disable ce and dkd (labels are meaningless to the head)."
         ),
     )
+    augment: TokenAugmentConfig | None = Field(
+        None,
+        description=(
+            "Token-id data only: mask or replace content tokens in part of each training batch; the teacher "
+            "sees the same perturbed input (TinyBERT-style). null: off."
+        ),
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_augment(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        # augment came later: left out of dumps while off, so existing configs keep their dump and the
+        # runner's stage cache keys.
+        out = handler(self)
+        if self.augment is None:
+            out.pop("augment", None)
+        return out
 
 
 @register_stage
@@ -94,6 +120,9 @@ class DistillStage(Stage):
                 raise StageError("stage data needs the runner's data loader", stage=self.name)
             data = ctx.load_data(cfg.data, (*at, "data"))
             self._check_stage_data(ctx, cfg, data)
+        augmenter = None
+        if cfg.augment is not None:
+            augmenter = augmenter_for(cfg.augment, data, seed=ctx.seed, yaml_path=f"{ctx.yaml_path}.augment")
         objective = DistillObjective(
             kd_teacher,
             cfg.losses,
@@ -102,26 +131,27 @@ class DistillStage(Stage):
             steps_per_epoch=steps_per_epoch(data, cfg.train, batch_size=ctx.batch_size),
             yaml_path=f"{ctx.yaml_path}.losses",
         )
+        loss_fn = objective if augmenter is None else AugmentedObjective(objective, augmenter)
         res = ctx.fit(
             student,
-            objective,
+            loss_fn,
             cfg.train,
             label="distill",
-            before_step=objective.set_step,
+            before_step=loss_fn.set_step,
             data=data if cfg.data is not None else None,
         )
         student.eval()
-        return StageResult(
-            model=student,
-            metrics={
-                "history": res.history,
-                "steps": res.steps,
-                "kept_layers": spec.keep_layers if spec is not None else None,
-                "teacher": teacher_label,
-                "data": {"source": data.name, "train_examples": data.split_size("train")},
-                "losses": objective.describe(),
-            },
-        )
+        metrics: dict[str, Any] = {
+            "history": res.history,
+            "steps": res.steps,
+            "kept_layers": spec.keep_layers if spec is not None else None,
+            "teacher": teacher_label,
+            "data": {"source": data.name, "train_examples": data.split_size("train")},
+            "losses": objective.describe(),
+        }
+        if isinstance(loss_fn, AugmentedObjective):
+            metrics["augment"] = loss_fn.describe()["augment"]
+        return StageResult(model=student, metrics=metrics)
 
     @staticmethod
     def _check_stage_data(ctx: StageContext, cfg: DistillStageConfig, data: object) -> None:

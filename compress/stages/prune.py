@@ -16,7 +16,10 @@ most-pruned candidate, reports the reason and records a failed gate
 passed, measured, budget, message) for the run's gate evaluation. A pruned
 Hugging Face model is also written as a transformers directory
 (``stages/NN-prune/hf/``) when its config can describe it (see
-``compress.prune._hf``); otherwise metrics say why not. Guide: docs/pruning.md.
+``compress.prune._hf``); otherwise metrics say why not. On token-id data,
+``recover: {augment: ...}`` trains recovery on partly masked batches, teacher included
+(``compress.distill.augment``); channel and layer scores stay on unperturbed batches.
+Guide: docs/pruning.md.
 
 Example YAML::
 
@@ -30,16 +33,25 @@ Example YAML::
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, FieldSerializationInfo, field_serializer, model_validator
+from pydantic import (
+    Field,
+    FieldSerializationInfo,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    field_serializer,
+    model_serializer,
+    model_validator,
+)
 from torch import nn
 
 from compress._utils.io import sha256_json
 from compress._utils.paths import resolve_path
 from compress.config.base import CompressConfig
-from compress.distill import LossesConfig, kd_objective
+from compress.distill import AugmentedObjective, LossesConfig, TokenAugmentConfig, augmenter_for, kd_objective
 from compress.errors import BadInputError, StageError
 from compress.prune import CRITERIA, LatencyBudgetError, PruneConfig, PruneReport, prune_
 from compress.stages.base import Stage, StageConfig, StageContext, StageResult, register_stage
@@ -53,6 +65,11 @@ class PruneRecoverConfig(CompressConfig):
     train: TrainConfig = Field(
         default_factory=TrainConfig,
         description="Optimizer and schedule of each recovery run (its epochs come from recover.epochs).",
+    )
+    augment: TokenAugmentConfig | None = Field(
+        None,
+        description="Token-id data only: mask or replace content tokens in part of each recovery batch; the "
+        "teacher sees the same perturbed input. null: off.",
     )
 
     @model_validator(mode="after")
@@ -77,6 +94,16 @@ class PruneRecoverConfig(CompressConfig):
             exclude_defaults=info.exclude_defaults,
             exclude_none=info.exclude_none,
         )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_augment(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        # augment came later: left out of dumps while off, so existing configs keep their stage cache keys.
+        out = handler(self)
+        if self.augment is None:
+            out.pop("augment", None)
+        return out
 
 
 class PruneStageConfig(StageConfig, PruneConfig):
@@ -126,6 +153,13 @@ class PruneStage(Stage):
         teacher = ctx.teacher if cfg.teacher == "original" else ctx.model
         teacher_was_training = teacher.training
         loss_fn = kd_objective(teacher, cfg.losses)
+        aug = None
+        if cfg.recover.augment is not None:
+            aug = augmenter_for(
+                cfg.recover.augment, ctx.data, seed=ctx.seed, yaml_path=f"{ctx.yaml_path}.recover.augment"
+            )
+        # Only recovery trains on perturbed batches; channel and layer scores use the plain loss.
+        recover_fn = loss_fn if aug is None else AugmentedObjective(loss_fn, aug)
         eval_bs = ctx.pipeline.data.eval_batch_size
         acc_before = evaluate(model, ctx.data, "val", batch_size=eval_bs)["accuracy"]
         score_fn = None
@@ -150,12 +184,15 @@ class PruneStage(Stage):
             arch = sha256_json({k: list(v.shape) for k, v in m.state_dict().items()})[:12]
             res = ctx.fit(
                 m,
-                loss_fn,
+                recover_fn,
                 cfg.recover.train,
                 label=f"prune recover {step}/{cfg.iterative_steps}",
                 checkpoint=f"recover-{step}-{arch}.pt",
                 seed_offset=step,
                 epochs=cfg.recover.epochs,
+                # reseeded per optimizer step (a resumed run perturbs as an uninterrupted one), one
+                # random stream per pruning step
+                before_step=None if aug is None else functools.partial(aug.reseed, stream=step),
             )
             last = res.history[-1] if res.history else {}
             recovered[step] = {k: float(v) for k, v in last.items() if k != "epoch"}
@@ -199,6 +236,8 @@ class PruneStage(Stage):
         )
         if gates:
             metrics["gates"] = gates
+        if isinstance(recover_fn, AugmentedObjective):
+            metrics["recover_augment"] = recover_fn.describe()["augment"]
         hf = _write_hf(ctx, model)
         if hf is not None:
             metrics["hf_directory"] = hf
