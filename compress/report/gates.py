@@ -19,6 +19,16 @@ from compress.config.schema import AccuracyGateConfig, GatesConfig
 from compress.report.confidence import PairedCounts
 
 
+def _shown(value: float, budget: float, places: int) -> str:
+    """``value`` to ``places`` decimals, or to as many more (up to 9) as it takes not to print equal to
+    ``budget`` when it differs from it: a failed gate never reads "0.9300 < 0.93"."""
+    text = f"{value:.{places}f}"
+    while value != budget and places < 9 and float(text) == budget:
+        places += 1
+        text = f"{value:.{places}f}"
+    return text
+
+
 def _gate(name: str, passed: bool, measured: Any, budget: Any, message: str) -> dict[str, Any]:
     return {"name": name, "passed": bool(passed), "measured": measured, "budget": budget, "message": message}
 
@@ -75,7 +85,7 @@ def _speedup_gate(
         round(ratio, 4),
         budget,
         f"{t.get('release_artifact')} p95 {stats['p95_ms']:.3f} ms vs teacher {teacher['p95_ms']:.3f} ms: "
-        f"{ratio:.2f}x {'>=' if ok else '<'} {budget}x{_timing_caveat(t)}",
+        f"{_shown(ratio, budget, 2)}x {'>=' if ok else '<'} {budget}x{_timing_caveat(t)}",
     )
 
 
@@ -111,7 +121,8 @@ def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[st
                         ok,
                         val,
                         gates.agreement.min,
-                        f"top-1 agreement {val:.4f} {'>=' if ok else '<'} {gates.agreement.min}",
+                        f"top-1 agreement {_shown(val, gates.agreement.min, 4)} "
+                        f"{'>=' if ok else '<'} {gates.agreement.min}",
                     )
                 )
         if gates.size is not None:
@@ -127,7 +138,8 @@ def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[st
                         ok,
                         val,
                         gates.size.max_mb,
-                        f"{val:.4f} MB {'<=' if ok else '>'} {gates.size.max_mb} MB",
+                        f"{_shown(val, gates.size.max_mb, 4)} MB "
+                        f"{'<=' if ok else '>'} {gates.size.max_mb} MB",
                     )
                 )
         if gates.peak_memory is not None:
@@ -170,7 +182,8 @@ def evaluate_gates(gates: GatesConfig, manifest: dict[str, Any]) -> list[dict[st
                     ok,
                     round(val, 4),
                     v,
-                    f"{t.get('release_artifact')} {key} {val:.3f}{unit} {cmp} {v}{unit}{_timing_caveat(t)}",
+                    f"{t.get('release_artifact')} {key} {_shown(val, v, 3)}{unit} {cmp} {v}{unit}"
+                    f"{_timing_caveat(t)}",
                 )
             )
     # gates a stage declared itself (e.g. prune's latency budget): the stage measured, the run gates
@@ -240,7 +253,7 @@ def _accuracy_gate(
     paired = PairedCounts.from_dict(rel.get("paired"))
     what = (
         f"{t.get('release_artifact')} accuracy {rel['accuracy']:.4f} vs teacher {teacher_acc:.4f}: "
-        f"drop {drop:.4f}"
+        f"drop {_shown(drop, g.max_drop, 4)}"
     )
     if paired is not None:
         low, high = paired.interval(0.95)
@@ -268,5 +281,6 @@ def _accuracy_gate(
         ok,
         round(drop, 6),
         budget,
-        f"{what}; upper {g.confidence * 100:g} % bound {bound:.4f} {'<=' if ok else '>'} {g.max_drop}",
+        f"{what}; upper {g.confidence * 100:g} % bound {_shown(bound, g.max_drop, 4)} {'<=' if ok else '>'} "
+        f"{g.max_drop}",
     )

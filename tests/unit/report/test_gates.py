@@ -187,3 +187,17 @@ def test_accuracy_confidence_without_paired_counts_fails_closed():
     assert "validate stage" in r["message"]
     # without confidence the same manifest is judged on the measured drop, as before
     assert evaluate_gates(gates(accuracy={"max_drop": 0.5}), manifest())[0]["passed"]
+
+
+def test_a_failed_gate_never_shows_its_value_equal_to_the_budget():
+    # measured in session 15: agreement 0.92997 against min 0.93 printed as "0.9300 < 0.93"
+    m = manifest()
+    m["stages"][0]["metrics"]["targets"]["cpu-ort"]["models"]["onnx-int8-u8"]["agreement"] = 0.9299736551
+    r = evaluate_gates(gates(agreement={"min": 0.93}), m)[0]
+    assert not r["passed"]
+    assert "top-1 agreement 0.92997 < 0.93" in r["message"]
+    r = evaluate_gates(gates(latency={"cpu-ort": {"batch": 32, "p95_ms": 3}}), manifest(p95=3.0002))[0]
+    assert not r["passed"] and "3.0002 ms > 3.0 ms" in r["message"]
+    # a value that does not round onto its budget keeps the usual places
+    r = evaluate_gates(gates(agreement={"min": 0.9}), manifest())[0]
+    assert "top-1 agreement 0.9600 >= 0.9" in r["message"]
