@@ -24,16 +24,20 @@ recovery by KD from the 6-layer teacher except A):
      nothing, so this spends no accuracy on work the runtime skips; at 128 tokens it executes about the
      MACs of H (153M against 142M, counted on magnitude-pruned copies), with the last layer whole
   J  as I with longer training: KD + hidden states 16 epochs, recovery 4 epochs a step: the recipe of
-     pipelines/wordnet-minilm-gpu-l2.yaml since session 14 (docs/results/distill-h100/l2-study-seeds)
+     pipelines/wordnet-minilm-gpu-l2.yaml in session 14, N since session 15
+     (docs/results/distill-h100/l2-study-seeds)
   K  as J, plus MiniLMv2's Q-Q/K-K/V-V relations between the last layers (teacher 6, student 2) in the
-     distillation (not run yet)
-  L  as J, but pruned in 6 steps of 2 recovery epochs instead of 3 of 4 (the same 12 epochs; not run yet)
+     distillation (session 15: worse than J)
+  L  as J, but pruned in 6 steps of 2 recovery epochs instead of 3 of 4 (the same 12 epochs; session 15:
+     J within noise)
   M  as J, but each student layer's hidden state is matched to the teacher layer it was copied from
-     (student 1, 2 <- teacher 2, 6; 1-based) instead of the uniform map (teacher 3, 6) (not run yet)
+     (student 1, 2 <- teacher 2, 6; 1-based) instead of the uniform map (teacher 3, 6) (session 15: J
+     within noise)
   N  as J, but in half of the examples of each distillation and recovery batch every content token
      becomes [MASK] with probability 0.15, teacher and student seeing the same masked text
      (TinyBERT-style KD on perturbed inputs, ``augment: {examples: 0.5, mask: 0.15}``;
-     docs/distillation.md) (not run yet)
+     docs/distillation.md). Not run in this study: it ran as pipelines/wordnet-minilm-gpu-l2.yaml itself,
+     seeds 0-2 (docs/results/pipelines-h100/README.md, session 15)
 
 Seeds. Session 13 found the drop of one recipe spread over 0.5 points across seeds (0.79-1.29,
 docs/results/pipelines-h100/README.md), larger than most differences between the variants above, which
