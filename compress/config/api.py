@@ -150,7 +150,8 @@ def _precheck_stages(doc: YamlDoc) -> tuple[list[str], set[int]]:
 
 
 def check_order(loaded: LoadedPipeline) -> list[str]:
-    """Stage-order rules declared by the stages (``requires``, ``before``, ``max_count``, ``check_order``)."""
+    """Stage-order rules declared by the stages (``requires``, ``before``, ``max_count``, ``check_order``),
+    and their checks against the data config (``check_data``)."""
     from compress.stages import STAGES
 
     msgs: list[str] = []
@@ -178,6 +179,8 @@ def check_order(loaded: LoadedPipeline) -> list[str]:
             msgs.append(f"{where}: {problem}")
         for problem in cls.missing_dependencies(entry.config):
             msgs.append(f"{where}: {problem}")
+        for sub, problem in cls.check_data(entry.config, loaded.config.data):
+            msgs.append(f"{loaded.where(('stages', i, entry.kind, *sub))}: {problem}")
     return msgs
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -155,6 +155,10 @@ class DataConfig(CompressConfig):
     and its own keys; ``data:`` is validated as the union of those classes, picked by ``source``
     (default ``digits``). See ``compress.data`` for the sources.
     """
+
+    input_kind: ClassVar[Literal["token_ids", "image"] | None] = None
+    """What the source's inputs are, for checks before any work (e.g. ``augment`` needs token ids);
+    ``None`` where only loading tells (a ``factory``)."""
 
     source: str = Field("digits", description="Registered data source (see `compress list sources`).")
     batch_size: int = Field(64, ge=1, le=65536, description="Training batch size.")

@@ -52,6 +52,8 @@ _SPLIT_KEYS = {"batch_size", "eval_batch_size", "val_fraction", "test_fraction"}
 class TextDataConfig(DataConfig):
     """Keys every text source has: the tokenizer and the sequence length."""
 
+    input_kind = "token_ids"
+
     tokenizer: str = Field(
         "teacher",
         description="'teacher' (the teacher's Hugging Face folder) or a tokenizer folder: a path relative "

@@ -21,6 +21,8 @@ STD = 0.4
 class DigitsDataConfig(DataConfig):
     """scikit-learn's 8x8 digits; no keys besides the shared ones."""
 
+    input_kind = "image"
+
     source: Literal["digits"] = Field(
         "digits", description="Registered data source (see `compress list sources`)."
     )

@@ -60,6 +60,8 @@ ALL_FILES = [name for part in PARTS for name in idx_files(part)]
 class FashionMnistDataConfig(DataConfig):
     """Fashion-MNIST from its IDX gz files (Debian package ``dataset-fashion-mnist``)."""
 
+    input_kind = "image"
+
     source: Literal["fashion-mnist"] = Field(
         "fashion-mnist", description="Registered data source (see `compress list sources`)."
     )

@@ -43,6 +43,8 @@ EXTENSIONS = (".png", ".jpg", ".jpeg")
 class ImageFolderDataConfig(DataConfig):
     """Images in one sub-folder per class."""
 
+    input_kind = "image"
+
     source: Literal["image-folder"] = Field(
         "image-folder", description="Registered data source (see `compress list sources`)."
     )

@@ -4,6 +4,7 @@ from compress.distill.api import kd_objective as kd_objective
 from compress.distill.augment import AugmentedObjective as AugmentedObjective
 from compress.distill.augment import TokenAugmentConfig as TokenAugmentConfig
 from compress.distill.augment import TokenAugmenter as TokenAugmenter
+from compress.distill.augment import augment_data_problem as augment_data_problem
 from compress.distill.augment import augmenter_for as augmenter_for
 from compress.distill.student import build_student as build_student, student_by_depth as student_by_depth
 from compress.distill.config import LossesConfig as LossesConfig

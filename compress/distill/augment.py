@@ -179,6 +179,18 @@ class TokenAugmenter:
         }
 
 
+def augment_data_problem(data: Any) -> str | None:
+    """Why ``augment`` cannot apply to a data config (``DataConfig.input_kind``), or None when it can or
+    only loading the data can tell (a ``factory`` source); for checks before any work."""
+    kind = getattr(data, "input_kind", None)
+    if kind is None or kind == "token_ids":
+        return None
+    return (
+        f"augment applies to token-id (text) data only; data source '{getattr(data, 'source', '?')}' gives "
+        f"{kind} inputs: remove augment"
+    )
+
+
 def augmenter_for(cfg: TokenAugmentConfig, data: Any, *, seed: int, yaml_path: str) -> TokenAugmenter:
     """A ``TokenAugmenter`` for the tokenizer of ``data`` (a ``TaskData`` from a text source).
 

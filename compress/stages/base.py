@@ -219,6 +219,19 @@ class Stage(ABC):
         return []
 
     @classmethod
+    def check_data(cls, cfg: Any, data: Any) -> list[tuple[tuple[str | int, ...], str]]:
+        """Checks of this stage's config against the pipeline's ``data:`` config, before any work.
+
+        Args:
+            cfg: This stage's config.
+            data: The pipeline's data config (a ``DataConfig``; ``input_kind`` says what its inputs are).
+
+        Returns:
+            ``(path inside this stage's mapping, problem)`` pairs, e.g. ``(("augment",), "...")``.
+        """
+        return []
+
+    @classmethod
     def missing_dependencies(cls, cfg: Any) -> list[str]:
         """Optional packages this stage needs for ``cfg`` that are not installed (each with the install command).
 

@@ -26,6 +26,7 @@ from compress.distill import (
     DistillObjective,
     LossesConfig,
     TokenAugmentConfig,
+    augment_data_problem,
     augmenter_for,
 )
 from compress.distill.student import build_student
@@ -94,6 +95,12 @@ class DistillStage(Stage):
         "Distil the teacher into a smaller student (KD + CE by default; DKD, hidden states, TinyBERT "
         "attention, MiniLM/MiniLMv2 relations, cosine)."
     )
+
+    @classmethod
+    def check_data(cls, cfg: DistillStageConfig, data: Any) -> list[tuple[tuple[str | int, ...], str]]:
+        """``augment`` on image data is an error before any work (the stage's own ``data:`` first)."""
+        problem = None if cfg.augment is None else augment_data_problem(cfg.data or data)
+        return [] if problem is None else [(("augment",), problem)]
 
     def run(self, ctx: StageContext, cfg: DistillStageConfig) -> StageResult:
         first = not any(k.endswith("-distill") for k in ctx.history)

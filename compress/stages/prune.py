@@ -51,7 +51,14 @@ from torch import nn
 from compress._utils.io import sha256_json
 from compress._utils.paths import resolve_path
 from compress.config.base import CompressConfig
-from compress.distill import AugmentedObjective, LossesConfig, TokenAugmentConfig, augmenter_for, kd_objective
+from compress.distill import (
+    AugmentedObjective,
+    LossesConfig,
+    TokenAugmentConfig,
+    augment_data_problem,
+    augmenter_for,
+    kd_objective,
+)
 from compress.errors import BadInputError, StageError
 from compress.prune import CRITERIA, LatencyBudgetError, PruneConfig, PruneReport, prune_
 from compress.stages.base import Stage, StageConfig, StageContext, StageResult, register_stage
@@ -140,6 +147,12 @@ class PruneStage(Stage):
         "Remove attention heads, FFN neurons, CNN channels or layers to a MAC, parameter or latency target, "
         "with KD recovery after each step."
     )
+
+    @classmethod
+    def check_data(cls, cfg: PruneStageConfig, data: Any) -> list[tuple[tuple[str | int, ...], str]]:
+        """``recover.augment`` on image data is an error before any work."""
+        problem = None if cfg.recover.augment is None else augment_data_problem(data)
+        return [] if problem is None else [(("recover", "augment"), problem)]
 
     def run(self, ctx: StageContext, cfg: PruneStageConfig) -> StageResult:
         """Prune a copy of ``ctx.model`` and return it with size, cost and accuracy metrics.

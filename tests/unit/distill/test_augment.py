@@ -432,3 +432,51 @@ def test_prune_recovery_with_augment(tmp_path: Path, tokenizer: Path) -> None:
     assert aug["mask"] == 0.2
     assert aug["perturbed_batches"] == 2 * 4
     assert all("recover_kd" in s for s in res.metrics["steps"])
+
+
+def test_compress_validate_refuses_augment_on_image_data_before_any_work(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from compress.cli.main import app
+
+    text = """\
+name: aug-on-images
+teacher: {family: tiny-vit, config: {dim: 32, depth: 2}}
+data: {source: digits}
+stages:
+  - finetune: {train: {epochs: 1}}
+  - distill:
+      student: {keep_layers: [1]}
+      augment: {mask: 0.15}
+  - prune:
+      recover:
+        epochs: 1
+        augment: {mask: 0.15}
+"""
+    f = tmp_path / "p.yaml"
+    f.write_text(text)
+    r = CliRunner().invoke(app, ["validate", str(f)])
+    assert r.exit_code == 2, r.output
+    assert (
+        "p.yaml:8: stages[1].distill.augment: augment applies to token-id (text) data only; data source "
+        "'digits' gives image inputs: remove augment" in r.stderr
+    )
+    assert "p.yaml:12: stages[2].prune.recover.augment: augment applies to token-id" in r.stderr
+    assert "Traceback" not in r.output
+    # without augment the same pipeline is valid: the check is augment's, not the stages'
+    plain = text.replace("      augment: {mask: 0.15}\n", "").replace("        augment: {mask: 0.15}\n", "")
+    f.write_text(plain)
+    r = CliRunner().invoke(app, ["validate", str(f)])
+    assert r.exit_code == 0, r.output
+
+
+def test_augment_data_problem_knows_text_images_and_unknown_sources() -> None:
+    from compress.data._text import TextDataConfig
+    from compress.data.digits import DigitsDataConfig
+    from compress.data.factory import FactoryDataConfig
+    from compress.distill import augment_data_problem
+
+    assert TextDataConfig.input_kind == "token_ids"
+    assert augment_data_problem(DigitsDataConfig()) is not None
+    # a factory's inputs are known only once loaded: the stage checks them then
+    assert augment_data_problem(FactoryDataConfig(factory="m:f")) is None
