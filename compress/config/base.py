@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 
 
 def _numeric_not_bool(annotation: Any) -> bool:
@@ -26,6 +34,20 @@ class CompressConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    added_later: ClassVar[tuple[str, ...]] = ()
+    """Optional keys added after configs of this class were first written: left out of dumps while
+    ``None``, so configs that do not use them dump as before and keep the runner's stage cache keys."""
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_added_keys(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        out = handler(self)
+        for name in type(self).added_later:
+            if getattr(self, name) is None:
+                out.pop(name, None)
+        return out
 
     @field_validator("*", mode="before")
     @classmethod

@@ -25,10 +25,7 @@ from typing import Any, Literal
 
 from pydantic import (
     Field,
-    SerializationInfo,
-    SerializerFunctionWrapHandler,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
@@ -172,6 +169,8 @@ _ADDED_TERMS = ("dkd", *FEATURE_TERMS)
 class LossesConfig(CompressConfig):
     """Which loss terms a training stage uses, and their weights (defaults: mdistiller's KD recipe)."""
 
+    added_later = _ADDED_TERMS  # terms added after kd/ce: configs written before them keep their dump
+
     kd: KDLossConfig | None = Field(
         default_factory=KDLossConfig, description="Logit distillation; null disables."
     )
@@ -200,18 +199,6 @@ class LossesConfig(CompressConfig):
         if all(getattr(self, name) is None for name in type(self).model_fields):
             raise ValueError("losses: every term is disabled; enable at least one (e.g. kd or ce)")
         return self
-
-    @model_serializer(mode="wrap")
-    def _omit_disabled_new_terms(
-        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
-    ) -> dict[str, Any]:
-        # Terms added after kd/ce are left out of dumps while disabled, so configs written before
-        # they existed keep their dump, and the runner's stage cache keys, unchanged.
-        out = handler(self)
-        for name in _ADDED_TERMS:
-            if getattr(self, name) is None:
-                out.pop(name, None)
-        return out
 
     @property
     def feature_terms(self) -> list[str]:

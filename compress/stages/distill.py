@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field
 
 from compress.config.schema import ModelSourceConfig, StudentConfig, data_union
 from compress.distill import (
@@ -38,6 +38,8 @@ from compress.train.loop import steps_per_epoch
 
 class DistillStageConfig(StageConfig):
     """Settings of the ``distill`` stage."""
+
+    added_later = ("augment",)
 
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=15, lr=1e-3), description="Optimizer, schedule and epochs."
@@ -71,17 +73,6 @@ class DistillStageConfig(StageConfig):
             "sees the same perturbed input (TinyBERT-style). null: off."
         ),
     )
-
-    @model_serializer(mode="wrap")
-    def _omit_unset_augment(
-        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
-    ) -> dict[str, Any]:
-        # augment came later: left out of dumps while off, so existing configs keep their dump and the
-        # runner's stage cache keys.
-        out = handler(self)
-        if self.augment is None:
-            out.pop("augment", None)
-        return out
 
 
 @register_stage

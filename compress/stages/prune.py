@@ -40,10 +40,7 @@ import torch
 from pydantic import (
     Field,
     FieldSerializationInfo,
-    SerializationInfo,
-    SerializerFunctionWrapHandler,
     field_serializer,
-    model_serializer,
     model_validator,
 )
 from torch import nn
@@ -67,6 +64,8 @@ from compress.train import TrainConfig, evaluate
 
 class PruneRecoverConfig(CompressConfig):
     """Fine-tuning after each pruning step."""
+
+    added_later = ("augment",)
 
     epochs: int = Field(2, ge=0, le=1000, description="Recovery epochs after each pruning step; 0 disables.")
     train: TrainConfig = Field(
@@ -101,16 +100,6 @@ class PruneRecoverConfig(CompressConfig):
             exclude_defaults=info.exclude_defaults,
             exclude_none=info.exclude_none,
         )
-
-    @model_serializer(mode="wrap")
-    def _omit_unset_augment(
-        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
-    ) -> dict[str, Any]:
-        # augment came later: left out of dumps while off, so existing configs keep their stage cache keys.
-        out = handler(self)
-        if self.augment is None:
-            out.pop("augment", None)
-        return out
 
 
 class PruneStageConfig(StageConfig, PruneConfig):
