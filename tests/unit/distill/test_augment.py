@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,6 @@ import pytest
 import torch
 from torch import nn
 
-from compress._utils.progress import SILENT
 from compress.data import SOURCES, DataEnv, TaskData, load_or_make_splits
 from compress.data.text import TextFileDataConfig
 from compress.distill import (
@@ -26,7 +26,6 @@ from compress.distill import (
     augmenter_for,
 )
 from compress.errors import ConfigError
-from compress.stages import StageContext
 from compress.stages.distill import DistillStage, DistillStageConfig
 from compress.stages.prune import PruneStage, PruneStageConfig
 from compress.train import TrainConfig, fit
@@ -402,23 +401,11 @@ def test_distill_stage_on_image_data_names_the_yaml_path(tmp_path: Path) -> None
 def test_prune_recovery_with_augment(tmp_path: Path, tokenizer: Path) -> None:
     data = _text_data(tmp_path / "d", tokenizer)
     model = tiny_bert(num_labels=3)
-    ctx = StageContext(
-        run_dir=tmp_path,
-        stage_dir=tmp_path / "stages" / "02-prune",
-        artifacts_dir=tmp_path / "artifacts",
-        index=1,
-        yaml_path="stages[1].prune",
+    ctx = dataclasses.replace(
+        stage_context(tmp_path, data, model, kind="prune", index=1, seed=0),
         pipeline=SimpleNamespace(  # type: ignore[arg-type]
             data=SimpleNamespace(batch_size=16, eval_batch_size=64), teacher=SimpleNamespace(config={})
         ),
-        data=data,
-        teacher=model,
-        model=model,
-        artifacts={},
-        history={},
-        targets={},
-        seed=0,
-        reporter=SILENT,
     )
     cfg = PruneStageConfig.model_validate(
         {
