@@ -4,16 +4,23 @@ Teacher and artifact are scored on the same examples, so their accuracies are no
 ``d = [teacher right] - [artifact right]`` is -1, 0 or 1; the drop is the mean of ``d``:
 
     drop = (b - c) / n          b: only the teacher is right, c: only the artifact is right, n: examples
-    se   = sqrt(((b + c) / n - drop**2) / n)
-    interval = drop -+ z * se   (z of the normal distribution at the confidence asked)
 
-This is the Wald interval of a paired difference of proportions (the one McNemar's test belongs to). On
-11,766 examples where teacher and artifact disagree 8 % of the time, ``se`` is about 0.26 points, so a
-95 % interval is about +-0.5 point: a 1-point budget cannot tell 0.8 from 1.2 in one run.
+The interval is Tango's score interval for a paired difference of proportions (Tango 1998, Stat. Med. 17:891;
+recommended by Fagerland, Lydersen & Laake 2014, BMC Med. Res. Methodol. 14:116): every drop ``d0`` that the
+score test of ``drop == d0`` does not reject,
+
+    Z(d0) = (b - c - n * d0) / sqrt(n * (2 * q(d0) + d0 * (1 - d0)))     |Z(d0)| <= z
+
+where ``q(d0)`` is the maximum-likelihood share of "only the artifact right" under ``drop == d0`` (a root
+of a quadratic) and ``z`` the normal quantile of the confidence asked. It needs only ``b``, ``c`` and ``n``.
+Unlike the Wald interval ``drop -+ z * se`` it keeps its coverage when the models rarely disagree: with no
+disagreement at all on 100 examples Wald says [0, 0], Tango [-0.037, 0.037]. On 11,767 examples both give
+the same bounds to 4 decimals: where the two models disagree 8 % of the time, about +-0.5 point at 95 %, so a
+1-point budget cannot tell 0.8 from 1.2 in one run.
 
 The validate stage records ``paired: {examples, teacher_only, artifact_only}`` for every artifact measured
 beside the teacher; the accuracy gate reports the 95 % interval and, with ``confidence:``, judges the
-upper bound instead of the measured drop.
+one-sided upper bound (the same score test, one-sided) instead of the measured drop.
 """
 
 from __future__ import annotations
@@ -68,16 +75,41 @@ class PairedCounts:
 
     @property
     def standard_error(self) -> float:
-        """Standard error of ``drop`` (paired)."""
+        """Standard error of ``drop`` (paired, at the measured rates; descriptive: the bounds are Tango's)."""
         n = self.examples
         var = (self.teacher_only + self.artifact_only) / n - self.drop**2
         return math.sqrt(max(var, 0.0) / n)
 
     def interval(self, confidence: float = 0.95) -> tuple[float, float]:
-        """Two-sided interval of the drop at ``confidence`` (0.95: 2.5 % on each side)."""
+        """Two-sided score interval of the drop at ``confidence`` (0.95: 2.5 % on each side)."""
         z = NormalDist().inv_cdf(0.5 + confidence / 2)
-        return self.drop - z * self.standard_error, self.drop + z * self.standard_error
+        return self._solve(z, -1.0, self.drop), self._solve(-z, self.drop, 1.0)
 
     def upper_bound(self, confidence: float) -> float:
         """One-sided upper bound: the drop is at most this with probability ``confidence``."""
-        return self.drop + NormalDist().inv_cdf(confidence) * self.standard_error
+        return self._solve(-NormalDist().inv_cdf(confidence), self.drop, 1.0)
+
+    def score(self, drop: float) -> float:
+        """Tango's score statistic of "the true drop is ``drop``" (it decreases as ``drop`` grows)."""
+        n, b, c = self.examples, self.teacher_only, self.artifact_only
+        qa, qb, qc = 2.0 * n, -b - c + (2.0 * n - b + c) * drop, -c * drop * (1.0 - drop)
+        q = (-qb + math.sqrt(max(qb * qb - 4.0 * qa * qc, 0.0))) / (2.0 * qa)
+        var = n * (2.0 * q + drop * (1.0 - drop))
+        num = b - c - n * drop
+        if var <= 0.0:  # only at drop 0 or 1 with no disagreement to match it
+            return 0.0 if num == 0 else math.copysign(math.inf, num)
+        return num / math.sqrt(var)
+
+    def _solve(self, target: float, low: float, high: float) -> float:
+        """The drop in [low, high] where the score equals ``target`` (or the end where it never does)."""
+        if self.score(high) >= target:
+            return high
+        if self.score(low) <= target:
+            return low
+        while high - low > 1e-12:
+            mid = (low + high) / 2
+            if self.score(mid) > target:
+                low = mid
+            else:
+                high = mid
+        return (low + high) / 2

@@ -166,7 +166,7 @@ def test_accuracy_gate_with_confidence_judges_the_upper_bound():
     r = evaluate_gates(gates(accuracy={"max_drop": 0.01, "confidence": 0.95}), m)[0]
     assert not r["passed"]
     assert r["budget"] == {"max_drop": 0.01, "relative": False, "confidence": 0.95}
-    assert "upper 95 % bound 0.0145 > 0.01" in r["message"], r["message"]
+    assert "upper 95 % bound 0.0146 > 0.01" in r["message"], r["message"]
     # a clear margin passes: drop 0.3 points, upper bound about 0.75
     m = manifest(teacher_acc=0.8721, rel_acc=0.8721 - 35 / 11766)
     m = with_paired(m, teacher_only=540, artifact_only=505)
@@ -176,7 +176,7 @@ def test_accuracy_gate_with_confidence_judges_the_upper_bound():
 def test_accuracy_confidence_scales_with_a_relative_budget():
     m = with_paired(manifest(teacher_acc=0.5, rel_acc=0.5 - 117 / 11766))
     r = evaluate_gates(gates(accuracy={"max_drop": 0.025, "relative": True, "confidence": 0.95}), m)[0]
-    assert "upper 95 % bound 0.0291 > 0.025" in r["message"], r["message"]  # 0.01455 / 0.5
+    assert "upper 95 % bound 0.0291 > 0.025" in r["message"], r["message"]  # 0.014556 / 0.5 (Tango score bound)
     assert not r["passed"]
 
 
