@@ -3,25 +3,19 @@ the runs' manifests."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[3] / "benchmarks"
+from tests._helpers.benchmarks import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def ss():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("seed_summary")
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from import_benchmark("seed_summary")
 
 
 def _manifest(seed: int, teacher_only: int, artifact_only: int, *, others: int = 0, n: int = 10000) -> dict:

@@ -4,22 +4,15 @@ follow from the runs, including when some runs are missing."""
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[3] / "benchmarks"
+from tests._helpers.benchmarks import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def ti():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("ti_convergence")
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from import_benchmark("ti_convergence")
 
 
 def _run(method: str, seed: int, curve: list[float], prec: str = "w2a8") -> dict:
