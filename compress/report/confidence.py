@@ -96,7 +96,7 @@ class PairedCounts:
         q = (-qb + math.sqrt(max(qb * qb - 4.0 * qa * qc, 0.0))) / (2.0 * qa)
         var = n * (2.0 * q + drop * (1.0 - drop))
         num = b - c - n * drop
-        if var <= 0.0:  # only at drop 0 or 1 with no disagreement to match it
+        if var <= 0.0:  # only at the ends (drop -1 or 1), or at 0 when the two never disagree
             return 0.0 if num == 0 else math.copysign(math.inf, num)
         return num / math.sqrt(var)
 
