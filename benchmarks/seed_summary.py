@@ -144,13 +144,13 @@ def summarize(rows: list[Row]) -> dict[str, Any]:
                     "run": r.run,
                     "teacher_accuracy": r.teacher_accuracy,
                     "accuracy": r.accuracy,
-                    "drop": 100 * _drop(r),
+                    "drop": d,
                     "interval": [100 * x for x in r.paired.interval(0.95)] if r.paired else None,
                     "agreement": r.agreement,
                     "speedup": r.speedup,
                     "clean": r.clean,
                 }
-                for r in rs
+                for r, d in zip(rs, drops, strict=True)
             ],
         }
     return out
